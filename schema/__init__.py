@@ -1,0 +1,1 @@
+"""Musketeer schema package."""

@@ -1,0 +1,1 @@
+"""Musketeer streams package."""
