@@ -1,1 +1,1 @@
-"""Musketeer schema package."""
+"""Every format that crosses a process boundary: events, definitions, lifecycle, SQL."""

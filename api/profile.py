@@ -1,0 +1,79 @@
+"""The profile: where the platform is (API URL, broker, database), like the seed's credentials file.
+
+`musketeer platform up` writes it; the CLI, the Python client and the daemons
+read it. Lookup order: `MUSKETEER_PROFILE`, then `./.musketeer/profile.json`,
+then `~/.musketeer/profile.json`. Environment variables (`MUSKETEER_API_URL`,
+`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`) win over what the file says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def default_data_dir() -> Path:
+    """The folder `platform up` uses when given none."""
+    return Path.cwd() / ".musketeer"
+
+
+def profile_path() -> Path:
+    """The profile file in force (it may not exist)."""
+    explicit = os.environ.get("MUSKETEER_PROFILE")
+    if explicit:
+        return Path(explicit)
+    local = default_data_dir() / "profile.json"
+    if local.exists():
+        return local
+    home = Path.home() / ".musketeer" / "profile.json"
+    return home if home.exists() else local
+
+
+@dataclass
+class Profile:
+    """Addresses of a running platform and the processes `platform up` started."""
+
+    api_url: str = DEFAULT_API_URL
+    kafka_bootstrap_servers: str | None = None
+    database_url: str | None = None
+    topic_prefix: str = "musketeer"
+    data_dir: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Profile:
+        """The profile at `path` (or the one in force), with environment overrides."""
+        path = path or profile_path()
+        raw: dict[str, Any] = {}
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"profile {path} is not valid JSON: {exc}") from exc
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        profile = cls(**known)
+        profile.api_url = os.environ.get("MUSKETEER_API_URL") or profile.api_url
+        profile.kafka_bootstrap_servers = (
+            os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or profile.kafka_bootstrap_servers
+        )
+        profile.database_url = os.environ.get("DATABASE_URL") or profile.database_url
+        return profile
+
+    def save(self, path: Path) -> None:
+        """Write the profile atomically (a reader never sees half a file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def credentials_path(self) -> Path:
+        """Where `musketeer login` keeps the bearer token, beside the profile."""
+        explicit = os.environ.get("MUSKETEER_CREDENTIALS")
+        if explicit:
+            return Path(explicit)
+        return profile_path().parent / "credentials.json"

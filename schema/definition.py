@@ -1,0 +1,68 @@
+"""The federated task definition: validated, with the seed's spelling normalised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Algorithms a definition may name. A definition names an entry here; it never
+# names code to import (the seed's "neural_network.Aggregator" maps to "fedavg").
+ALGORITHMS: frozenset[str] = frozenset({"fedavg"})
+SEED_ALGORITHM_ALIASES: dict[str, str] = {
+    "neural_network.Aggregator": "fedavg",
+    "neural_network": "fedavg",
+    "FedAvg": "fedavg",
+}
+# The seed spells a few fields in the singular; we accept and rename them.
+SEED_FIELD_ALIASES: dict[str, str] = {"round": "rounds", "epoch": "epochs"}
+
+
+class TaskDefinition(BaseModel):
+    """What a federated task trains, how many rounds, and who must be there."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    quorum: int = Field(ge=1, description="participants needed before training starts")
+    rounds: int = Field(ge=1, le=100_000, description="federated rounds")
+    epochs: int = Field(default=1, ge=1, le=10_000, description="local epochs per round")
+    batch_size: int = Field(default=32, ge=1, description="local mini-batch size")
+    learning_rate: float = Field(default=0.001, gt=0, le=1e6, description="local learning rate")
+    training_size: int | None = Field(default=None, ge=1, description="local training samples")
+    test_size: int | None = Field(default=None, ge=1, description="local test samples")
+    algorithm: str = Field(default="fedavg", description="aggregation algorithm, from the registry")
+    model: str | None = Field(default=None, description="model name from the registry")
+    max_participants: int | None = Field(default=None, ge=1, description="cap on members")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise_seed_spelling(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        data = dict(raw)
+        for seed_name, name in SEED_FIELD_ALIASES.items():
+            if seed_name in data:
+                if name in data and data[name] != data[seed_name]:
+                    raise ValueError(f"both '{seed_name}' and '{name}' given with different values")
+                data[name] = data.pop(seed_name)
+        if "aggregator" in data and "algorithm" not in data:
+            data["algorithm"] = data.pop("aggregator")
+        algorithm = data.get("algorithm")
+        if isinstance(algorithm, str):
+            data["algorithm"] = SEED_ALGORITHM_ALIASES.get(algorithm, algorithm)
+        return data
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TaskDefinition:
+        if self.algorithm not in ALGORITHMS:
+            known = ", ".join(sorted(ALGORITHMS))
+            raise ValueError(f"unknown algorithm '{self.algorithm}' (known: {known})")
+        if self.max_participants is not None and self.max_participants < self.quorum:
+            raise ValueError(
+                f"max_participants ({self.max_participants}) is below quorum ({self.quorum})"
+            )
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """The normalised definition as stored in events (extra fields kept)."""
+        return self.model_dump(mode="json", exclude_none=True)
