@@ -213,6 +213,17 @@ def read_stream(
         return [_recorded(row) for row in cur.execute(query, params).fetchall()]
 
 
+def read_all_from(
+    conn: psycopg.Connection[Any], after: int = 0, limit: int = 1000
+) -> list[RecordedEvent]:
+    """Events after a position, in position order."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            _SELECT + " WHERE position > %s ORDER BY position LIMIT %s", (after, limit)
+        ).fetchall()
+        return [_recorded(row) for row in rows]
+
+
 @dataclass(frozen=True)
 class ChainReport:
     """The outcome of walking the hash chain."""
@@ -280,13 +291,15 @@ class EventStore:
         with self.connection() as conn:
             return read_stream(conn, stream_id, limit)
 
+    def read_stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 if it has no events), without locking."""
+        with self.connection() as conn:
+            return Session(conn, None).stream_version(stream_id)
+
     def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         """Events after a position, in position order."""
-        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(
-                _SELECT + " WHERE position > %s ORDER BY position LIMIT %s", (after, limit)
-            ).fetchall()
-            return [_recorded(row) for row in rows]
+        with self.connection() as conn:
+            return read_all_from(conn, after, limit)
 
     def verify(self) -> ChainReport:
         """Walk the hash chain."""

@@ -1,0 +1,130 @@
+"""Inline projections: users, tasks, memberships, kept in the append transaction.
+
+Each handler is a small SQL change driven by one event. `rebuild` drops the rows
+and replays the log through the same handlers, so a rebuild is the definition
+of what the rows must be.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from api.store import read_all_from
+
+from schema.events import (
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    RecordedEvent,
+    TaskCompleted,
+    TaskCreated,
+    TaskDeleted,
+    TaskFailed,
+    TaskStarted,
+    UserRegistered,
+)
+from schema.lifecycle import TaskStatus
+
+Conn = psycopg.Connection[Any]
+PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships")
+
+
+def _task_id(record: RecordedEvent) -> str:
+    return record.stream_id.removeprefix("task-")
+
+
+def _user_registered(conn: Conn, event: UserRegistered, record: RecordedEvent) -> None:
+    conn.execute(
+        "INSERT INTO users (username, organization, created_at, position) VALUES (%s, %s, %s, %s)",
+        (event.username, event.organization, record.recorded_at, record.position),
+    )
+
+
+def _task_created(conn: Conn, event: TaskCreated, record: RecordedEvent) -> None:
+    conn.execute(
+        "INSERT INTO tasks (task_id, name, creator, status, definition, topology, pom,"
+        " description, quorum, max_participants, broadcast_topic, updates_topic,"
+        " participant_count, version, created_position, created_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)",
+        (event.task_id, event.name, event.creator, TaskStatus.CREATED.value,
+         Jsonb(event.definition), event.topology, event.pom, event.description,
+         event.definition["quorum"], event.definition.get("max_participants"),
+         event.broadcast_topic, event.updates_topic, record.version, record.position,
+         record.recorded_at, record.recorded_at),
+    )
+
+
+def _participant_joined(conn: Conn, event: ParticipantJoined, record: RecordedEvent) -> None:
+    conn.execute(
+        "INSERT INTO memberships (task_id, username, organization, joined_at)"
+        " VALUES (%s, %s, %s, %s)",
+        (_task_id(record), event.username, event.organization, record.recorded_at),
+    )
+    _touch(conn, record, count_delta=1)
+
+
+def _participant_left(conn: Conn, event: ParticipantLeft, record: RecordedEvent) -> None:
+    conn.execute(
+        "DELETE FROM memberships WHERE task_id = %s AND username = %s",
+        (_task_id(record), event.username),
+    )
+    _touch(conn, record, count_delta=-1)
+
+
+def _status_setter(status: TaskStatus) -> Callable[[Conn, Event, RecordedEvent], None]:
+    def set_status(conn: Conn, event: Event, record: RecordedEvent) -> None:
+        _touch(conn, record, status=status)
+
+    return set_status
+
+
+def _touch(
+    conn: Conn, record: RecordedEvent, count_delta: int = 0, status: TaskStatus | None = None
+) -> None:
+    conn.execute(
+        "UPDATE tasks SET version = %s, updated_at = %s,"
+        " participant_count = participant_count + %s, status = coalesce(%s, status)"
+        " WHERE task_id = %s",
+        (record.version, record.recorded_at, count_delta,
+         status.value if status else None, _task_id(record)),
+    )
+
+
+_HANDLERS: dict[type[Event], Callable[[Conn, Any, RecordedEvent], None]] = {
+    UserRegistered: _user_registered,
+    TaskCreated: _task_created,
+    ParticipantJoined: _participant_joined,
+    ParticipantLeft: _participant_left,
+    TaskStarted: _status_setter(TaskStatus.STARTED),
+    TaskCompleted: _status_setter(TaskStatus.COMPLETED),
+    TaskFailed: _status_setter(TaskStatus.FAILED),
+    TaskDeleted: _status_setter(TaskStatus.DELETED),
+}
+
+
+def project(conn: Conn, record: RecordedEvent) -> None:
+    """Apply one recorded event to the read models."""
+    event = record.typed()
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:
+        handler(conn, event, record)
+    elif record.stream_id.startswith("task-"):
+        _touch(conn, record)
+
+
+def rebuild(conn: Conn, batch: int = 2000) -> int:
+    """Drop every projection row and replay the whole log; return events replayed."""
+    conn.execute("TRUNCATE " + ", ".join(PROJECTION_TABLES))
+    count = 0
+    after = 0
+    while True:
+        records = read_all_from(conn, after, batch)
+        if not records:
+            return count
+        for record in records:
+            project(conn, record)
+        count += len(records)
+        after = records[-1].position

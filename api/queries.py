@@ -1,0 +1,193 @@
+"""The read side: task list, detail, history and time travel, served from projections and the log."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel
+
+from api.domain import ParticipantView, TaskView, TopicsView, fold, task_stream
+from api.errors import Forbidden, InvalidInput, NotFound
+from api.handlers import task_id_by_name
+from api.store import read_stream
+from schema.lifecycle import TaskStatus
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What `GET /v1/tasks` may narrow by."""
+
+    status: TaskStatus | None = None
+    pom: int | None = None
+    search: str | None = None
+    creator: str | None = None
+    joined: bool | None = None
+    created_after: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+class TaskPage(BaseModel):
+    items: list[TaskView]
+    next_cursor: str | None
+
+
+class TaskEventView(BaseModel):
+    position: int
+    version: int
+    type: str
+    data: dict[str, Any]
+    actor: str
+    recorded_at: datetime
+    hash: str
+
+
+class TaskEvents(BaseModel):
+    items: list[TaskEventView]
+
+
+class TaskStateView(TaskView):
+    as_of_version: int
+
+
+def encode_cursor(position: int) -> str:
+    """An opaque cursor for keyset paging."""
+    return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The position a cursor stands for; InvalidInput if it is not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("p"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not valid; use next_cursor from a previous page",
+                           {"cursor": cursor}) from exc
+
+
+def _where(filters: TaskFilter, viewer: str) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    simple = (("status", filters.status and filters.status.value), ("pom", filters.pom),
+              ("creator", filters.creator))
+    for column, value in simple:
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if filters.search:
+        clauses.append("(name ILIKE %s OR coalesce(description, '') ILIKE %s)")
+        pattern = "%" + filters.search.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+        params += [pattern, pattern]
+    if filters.joined is not None:
+        negation = "" if filters.joined else "NOT "
+        clauses.append(f"task_id {negation}IN (SELECT task_id FROM memberships WHERE username = %s)")
+        params.append(viewer)
+    if filters.created_after is not None:
+        clauses.append("created_at > %s")
+        params.append(filters.created_after)
+    if filters.cursor:
+        clauses.append("created_position < %s")
+        params.append(decode_cursor(filters.cursor))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _members(conn: Conn, task_ids: list[str]) -> dict[str, list[ParticipantView]]:
+    members: dict[str, list[ParticipantView]] = {task_id: [] for task_id in task_ids}
+    rows = conn.execute(
+        "SELECT task_id, username, organization, joined_at FROM memberships"
+        " WHERE task_id = ANY(%s) ORDER BY joined_at, username",
+        (task_ids,),
+    ).fetchall()
+    for row in rows:
+        members[row["task_id"]].append(
+            ParticipantView(username=row["username"], organization=row["organization"],
+                            joined_at=row["joined_at"])
+        )
+    return members
+
+
+def _view(row: dict[str, Any], participants: list[ParticipantView]) -> TaskView:
+    return TaskView(
+        task_id=row["task_id"], name=row["name"], creator=row["creator"],
+        status=TaskStatus(row["status"]), definition=row["definition"],
+        topology=row["topology"], pom=row["pom"], description=row["description"],
+        quorum=row["quorum"], max_participants=row["max_participants"],
+        participants=participants, participant_count=row["participant_count"],
+        topics=TopicsView(broadcast=row["broadcast_topic"], updates=row["updates_topic"]),
+        version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+
+
+def list_tasks(conn: Conn, filters: TaskFilter, viewer: str) -> TaskPage:
+    """A page of tasks, newest first, with a cursor to the next page."""
+    where, params = _where(filters, viewer)
+    rows = conn.execute(
+        f"SELECT * FROM tasks{where} ORDER BY created_position DESC LIMIT %s",  # noqa: S608
+        [*params, filters.limit + 1],
+    ).fetchall()
+    page, more = rows[: filters.limit], len(rows) > filters.limit
+    members = _members(conn, [row["task_id"] for row in page])
+    items = [_view(row, members[row["task_id"]]) for row in page]
+    next_cursor = encode_cursor(page[-1]["created_position"]) if more else None
+    return TaskPage(items=items, next_cursor=next_cursor)
+
+
+def get_task(conn: Conn, name: str) -> TaskView:
+    """One task from the projection; NotFound if there is none."""
+    row = conn.execute("SELECT * FROM tasks WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"task '{name}' does not exist", {"task": name})
+    return _view(row, _members(conn, [row["task_id"]])[row["task_id"]])
+
+
+def require_insider(conn: Conn, name: str, viewer: str) -> str:
+    """The task's id if the viewer created or joined it; Forbidden otherwise."""
+    task = get_task(conn, name)
+    if task.creator != viewer and all(p.username != viewer for p in task.participants):
+        raise Forbidden(f"only the creator and participants of task '{name}' may see its history")
+    return task.task_id
+
+
+def task_events(conn: Conn, name: str, viewer: str) -> TaskEvents:
+    """The task's events in order, for its creator and participants."""
+    task_id = require_insider(conn, name, viewer)
+    records = read_stream(conn, task_stream(task_id))
+    return TaskEvents(items=[
+        TaskEventView(position=r.position, version=r.version, type=r.type, data=r.data,
+                      actor=str(r.metadata.get("actor", "")), recorded_at=r.recorded_at,
+                      hash=r.hash)
+        for r in records
+    ])
+
+
+def task_state(conn: Conn, name: str, viewer: str, version: int) -> TaskStateView:
+    """The task as it was after its first `version` events."""
+    task_id = require_insider(conn, name, viewer)
+    state = fold(read_stream(conn, task_stream(task_id), limit=version))
+    if state is None or state.version < version:
+        current = state.version if state else 0
+        raise NotFound(f"task '{name}' has only {current} events; version {version} does not exist",
+                       {"task": name, "version": version, "latest": current})
+    return TaskStateView(**TaskView.of(state).model_dump(), as_of_version=state.version)
+
+
+def user_view(conn: Conn, username: str) -> dict[str, Any]:
+    """A user's public profile."""
+    row = conn.execute(
+        "SELECT username, organization, created_at FROM users WHERE username = %s", (username,)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"user '{username}' does not exist")
+    return dict(row)
+
+
+__all__ = ["task_id_by_name", "list_tasks", "get_task", "task_events", "task_state", "user_view"]

@@ -1,0 +1,51 @@
+"""Bodies of the commands the API accepts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from schema.definition import TaskDefinition
+
+Username = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
+    Field(description="3-64 of letters, digits, '.', '_' and '-'"),
+]
+TaskName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"),
+    Field(description="1-100 of letters, digits, '.', '_' and '-'"),
+]
+
+
+class RegisterUser(BaseModel):
+    """Create an account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: Username
+    password: str = Field(min_length=8, max_length=1024, description="at least 8 characters")
+    organization: str = Field(min_length=1, max_length=200)
+
+
+class Credentials(BaseModel):
+    """A username and password, to get a token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class CreateTask(BaseModel):
+    """Define a federated task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: TaskName
+    definition: TaskDefinition
+    topology: Literal["STAR"] = "STAR"
+    pom: int = Field(default=1, ge=1, le=6, description="privacy operation mode (seed POM 1-6)")
+    description: str | None = Field(default=None, max_length=4000)
