@@ -66,3 +66,114 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A plain autocommit connection for direct SQL."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+# --- a real API process --------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+
+
+@dataclass
+class ApiProcess:
+    """A uvicorn process serving the API, as `platform up` runs it."""
+
+    url: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run."""
+        self.popen.kill()
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        """Start again on the same port with the same environment."""
+        self.popen = _spawn_api(self.port, self.env, self.log_path)
+        wait_healthy(self.url, self.popen, self.log_path)
+
+
+def _spawn_api(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_healthy(url: str, popen: subprocess.Popen[bytes], log_path: Path,
+                 timeout_s: float = 30.0) -> None:
+    """Poll /healthz until it answers; fail with the log if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"API exited with {popen.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"API did not become healthy:\n{log_path.read_text()[-3000:]}")
+
+
+def start_api(database_url: str, bootstrap: str, tmp_dir: Path, topic_prefix: str,
+              **extra_env: str) -> ApiProcess:
+    """Start an API process against the given database and broker."""
+    from infra.procs import find_free_port
+
+    port = find_free_port("127.0.0.1")
+    env = {**os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+           "MUSKETEER_TOPIC_PREFIX": topic_prefix, **extra_env}
+    log_path = tmp_dir / f"api-{port}.log"
+    popen = _spawn_api(port, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, popen, log_path)
+    return ApiProcess(url, port, env, log_path, popen)
+
+
+@pytest.fixture(scope="session")
+def topic_prefix() -> str:
+    """A topic prefix of this test session's own."""
+    return f"mtest{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def api(database_url: str, broker: Any, topic_prefix: str,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """One API process for the session, on the session's database and broker."""
+    process = start_api(database_url, broker.bootstrap, tmp_path_factory.mktemp("api"),
+                        topic_prefix)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The embedded broker (tansu) for the session, or a real Kafka named by MUSKETEER_TEST_KAFKA."""
+    from infra.broker import BrokerProcess, start_broker
+
+    external = os.environ.get("MUSKETEER_TEST_KAFKA")
+    if external:
+        yield BrokerProcess(bootstrap=external, pid=0)
+        return
+    process = start_broker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
+    yield process
+    process.stop()

@@ -1,0 +1,29 @@
+# Musketeer: `make demo` runs the main job on the embedded platform; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv demo test test-fast bench clean
+
+# (Re)create the virtualenv and install the project with what the demo and tests need.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[local,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/musketeer demo
+
+test: $(STAMP)
+	$(PY) -m pytest -ra
+
+bench: $(STAMP)
+	$(PY) bench/api_bench.py
+
+clean:
+	rm -rf $(VENV) .musketeer

@@ -1,0 +1,128 @@
+"""Unit tests of the formats in schema/: definitions, lifecycle, events."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from schema.commands import CreateTask, RegisterUser
+from schema.definition import TaskDefinition
+from schema.events import EVENT_TYPES, UnknownEventType, parse_event
+from schema.lifecycle import VALID_TRANSITIONS, TaskStatus, can_transition
+
+FIXTURES = Path(__file__).parent / "fixtures" / "events"
+
+
+def test_seed_spelling_is_normalised() -> None:
+    """`round`, `epoch` and `aggregator: neural_network.Aggregator` become our names."""
+    seed = {"quorum": 2, "round": 5, "epoch": 2, "batch_size": 128, "learning_rate": 0.001,
+            "training_size": 4000, "test_size": 1000, "aggregator": "neural_network.Aggregator"}
+    definition = TaskDefinition.model_validate(seed).to_json()
+    assert definition == {"quorum": 2, "rounds": 5, "epochs": 2, "batch_size": 128,
+                          "learning_rate": 0.001, "training_size": 4000, "test_size": 1000,
+                          "algorithm": "fedavg"}
+
+
+def test_extra_algorithm_fields_are_kept() -> None:
+    """Algorithm-specific fields such as the seed's `point` survive validation."""
+    definition = TaskDefinition.model_validate({"quorum": 1, "rounds": 1, "point": [1, 2]})
+    assert definition.to_json()["point"] == [1, 2]
+
+
+@pytest.mark.parametrize("raw", [
+    {"quorum": 0, "rounds": 1}, {"quorum": 1, "rounds": 0}, {"quorum": 1, "rounds": 1, "epochs": 0},
+    {"quorum": 1, "rounds": 1, "batch_size": 0}, {"quorum": 1, "rounds": 1, "learning_rate": 0},
+    {"quorum": 1, "rounds": 1, "learning_rate": -1}, {"quorum": 1, "rounds": 1, "training_size": 0},
+    {"quorum": 1, "rounds": 1, "test_size": 0}, {"quorum": 3, "rounds": 1, "max_participants": 2},
+    {"quorum": 1, "rounds": 1, "algorithm": "builtins.eval"},
+    {"quorum": 1, "round": 2, "rounds": 3},
+])
+def test_invalid_definitions_are_refused(raw: dict[str, Any]) -> None:
+    """Every bound in the issue is enforced."""
+    with pytest.raises(ValidationError):
+        TaskDefinition.model_validate(raw)
+
+
+def test_max_participants_equal_to_quorum_is_fine() -> None:
+    """The cap may equal the quorum."""
+    assert TaskDefinition.model_validate({"quorum": 2, "rounds": 1, "max_participants": 2})
+
+
+@pytest.mark.parametrize("current", list(TaskStatus))
+@pytest.mark.parametrize("target", list(TaskStatus))
+def test_every_transition_pair_follows_the_table(current: TaskStatus, target: TaskStatus) -> None:
+    """can_transition answers from the one table, over every pair."""
+    expected = (current, target) in VALID_TRANSITIONS
+    assert can_transition(current, target) is expected
+    if current in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DELETED):
+        assert not can_transition(current, TaskStatus.STARTED)
+    if current == TaskStatus.DELETED:
+        assert not can_transition(current, target)
+
+
+def test_usernames_and_passwords_are_checked() -> None:
+    """The registration body enforces the name pattern and password length."""
+    RegisterUser(username="john.doe-1", password="12345678", organization="o")
+    for bad in ("ab", "a b c", "x" * 65, "émile"):
+        with pytest.raises(ValidationError):
+            RegisterUser(username=bad, password="12345678", organization="o")
+    with pytest.raises(ValidationError):
+        RegisterUser(username="john", password="1234567", organization="o")
+
+
+def test_create_task_rejects_unknown_fields_and_topologies() -> None:
+    """Only STAR topology and the documented fields are accepted."""
+    with pytest.raises(ValidationError):
+        CreateTask.model_validate({"name": "t", "definition": {"quorum": 1, "rounds": 1},
+                                   "topology": "RING"})
+    with pytest.raises(ValidationError):
+        CreateTask.model_validate({"name": "t", "definition": {"quorum": 1, "rounds": 1},
+                                   "extra": 1})
+
+
+def _random_event(cls: type, rng: random.Random) -> Any:
+    text = lambda: "".join(rng.choice("abcxyz-_.") for _ in range(rng.randint(1, 12)))  # noqa: E731
+    values: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        annotation = str(field.annotation)
+        if "dict" in annotation:
+            values[name] = {"quorum": rng.randint(1, 9), "rounds": rng.randint(1, 9)}
+        elif "list" in annotation:
+            values[name] = [text() for _ in range(rng.randint(0, 3))]
+        elif "int" in annotation:
+            values[name] = rng.randint(1, 6)
+        else:
+            values[name] = text()
+    return cls(**values)
+
+
+def test_every_event_round_trips_through_its_stored_form() -> None:
+    """to_data / parse_event are paired: a seeded random event survives JSON storage."""
+    rng = random.Random(824988)
+    for cls in EVENT_TYPES.values():
+        for _ in range(20):
+            event = _random_event(cls, rng)
+            stored = json.loads(json.dumps(event.to_data()))
+            assert parse_event(cls.type_name(), stored, cls.schema_version) == event
+
+
+def test_stored_fixtures_of_every_event_version_still_parse() -> None:
+    """One stored sample per event type and schema version parses with today's code."""
+    found = sorted(FIXTURES.glob("*.json"))
+    types = {path.name.split(".v")[0] for path in found}
+    assert types == set(EVENT_TYPES), "add a fixture for every event type"
+    for path in found:
+        stored = json.loads(path.read_text())
+        event = parse_event(stored["type"], stored["data"], stored["schema_version"])
+        assert event.type_name() == stored["type"]
+
+
+def test_unknown_event_types_are_refused() -> None:
+    """A type this code does not know is an error, not a silent skip."""
+    with pytest.raises(UnknownEventType):
+        parse_event("TaskTeleported", {})
