@@ -202,7 +202,7 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin route
         """Create an account; 409 if the name is taken."""
         return _respond(services.commands.register_user(body, _context(request, "anonymous", key)))
 
-    @app.post("/v1/auth/token", tags=["users"], summary="Log in")
+    @app.post("/v1/auth/token", tags=["users"], summary="Log in", openapi_extra=_TOKEN_BODY)
     async def token(request: Request, services: ServicesDep) -> dict[str, Any]:
         """A bearer token, from form fields or JSON `{username, password}`; 401 on a wrong pair."""
         credentials = await _read_credentials(request)
@@ -288,6 +288,23 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin route
         report = services.store.verify()
         return {"events": report.events, "ok": report.ok,
                 "first_bad_position": report.first_bad_position}
+
+
+_CREDENTIALS_SCHEMA = {
+    "type": "object",
+    "required": ["username", "password"],
+    "properties": {"username": {"type": "string", "maxLength": 64},
+                   "password": {"type": "string", "maxLength": 1024}},
+}
+_TOKEN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": _CREDENTIALS_SCHEMA},
+            "application/json": {"schema": _CREDENTIALS_SCHEMA},
+        },
+    }
+}
 
 
 async def _read_credentials(request: Request) -> Credentials:

@@ -177,3 +177,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     process = start_broker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
     yield process
     process.stop()
+
+
+def fresh_database() -> str:
+    """A new migrated database of its own, for tests that read the whole log."""
+    name = f"musketeer_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = _database_url(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate.apply(conn)
+    return url
+
+
+def drop_database(url: str) -> None:
+    """Drop a database made by `fresh_database`."""
+    name = url.rpartition("/")[2]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
