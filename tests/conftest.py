@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,6 +15,8 @@ from psycopg_pool import ConnectionPool
 
 from api.projections import project
 from api.store import EventStore
+from infra.apiproc import ApiProcess
+from infra.apiproc import start_api as start_api_process
 from schema import migrate
 
 # The machine's PostgreSQL (CI starts it before the run); override with
@@ -70,83 +73,10 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 # --- a real API process --------------------------------------------------------
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
-
-
-@dataclass
-class ApiProcess:
-    """A uvicorn process serving the API, as `platform up` runs it."""
-
-    url: str
-    port: int
-    env: dict[str, str]
-    log_path: Path
-    popen: subprocess.Popen[bytes]
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks run."""
-        self.popen.kill()
-        self.popen.wait(10)
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def restart(self) -> None:
-        """Start again on the same port with the same environment."""
-        self.popen = _spawn_api(self.port, self.env, self.log_path)
-        wait_healthy(self.url, self.popen, self.log_path)
-
-
-def _spawn_api(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-
-
-def wait_healthy(url: str, popen: subprocess.Popen[bytes], log_path: Path,
-                 timeout_s: float = 30.0) -> None:
-    """Poll /healthz until it answers; fail with the log if the process dies."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"API exited with {popen.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"API did not become healthy:\n{log_path.read_text()[-3000:]}")
-
-
 def start_api(database_url: str, bootstrap: str, tmp_dir: Path, topic_prefix: str,
               **extra_env: str) -> ApiProcess:
-    """Start an API process against the given database and broker."""
-    from infra.procs import find_free_port
-
-    port = find_free_port("127.0.0.1")
-    env = {**os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "MUSKETEER_TOPIC_PREFIX": topic_prefix, **extra_env}
-    log_path = tmp_dir / f"api-{port}.log"
-    popen = _spawn_api(port, env, log_path)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, popen, log_path)
-    return ApiProcess(url, port, env, log_path, popen)
+    """Start an API process against the given database and broker, on a topic prefix of its own."""
+    return start_api_process(database_url, bootstrap, tmp_dir, MUSKETEER_TOPIC_PREFIX=topic_prefix, **extra_env)
 
 
 @pytest.fixture(scope="session")
