@@ -1,0 +1,170 @@
+"""Benchmark the control plane: create-task and join with concurrent clients.
+
+Starts its own broker (unless --bootstrap is given) and API process on a fresh
+database of the local PostgreSQL, and prints, for each command, throughput and
+p50/p99 latency, next to the raw single-row INSERT rate of the same database.
+
+    .venv/bin/python bench/api_bench.py [--clients 32] [--ops 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infra.apiproc import start_api  # noqa: E402
+from infra.broker import start_broker  # noqa: E402
+from schema import migrate  # noqa: E402
+
+PASSWORD = "bench-password"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run_concurrently(clients: int, work: Callable[[int], list[float]]) -> tuple[list[float], float]:
+    """Run work(i) in `clients` threads; return all latencies and the wall time."""
+    barrier = threading.Barrier(clients)
+
+    def start(i: int) -> list[float]:
+        barrier.wait()
+        return work(i)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(start, range(clients)))
+    return [lat for chunk in results for lat in chunk], time.perf_counter() - began
+
+
+def timed(call: Callable[[], httpx.Response], expect: int) -> float:
+    began = time.perf_counter()
+    response = call()
+    elapsed = time.perf_counter() - began
+    if response.status_code != expect:
+        raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
+    return elapsed
+
+
+def register_all(url: str, count: int, run: str) -> list[tuple[str, str]]:
+    users = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(count):
+            name = f"bench{run}u{i}"
+            http.post("/v1/users", json={"username": name, "password": PASSWORD,
+                                         "organization": f"org{i}"}).raise_for_status()
+            token = http.post("/v1/auth/token", data={"username": name, "password": PASSWORD})
+            users.append((name, token.json()["access_token"]))
+    return users
+
+
+def bench_api(url: str, clients: int, ops: int, run: str) -> list[tuple[str, int, float, list[float]]]:
+    users = register_all(url, clients, run)
+    rows = []
+
+    def create(i: int) -> list[float]:
+        with httpx.Client(base_url=url, timeout=60,
+                          headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
+            return [timed(lambda: http.post("/v1/tasks", json={
+                "name": f"t{run}-{i}-{k}",
+                "definition": {"quorum": 1, "rounds": 1, "max_participants": clients}}), 201)
+                for k in range(ops)]
+
+    latencies, wall = run_concurrently(clients, create)
+    rows.append(("create task (POST /v1/tasks)", len(latencies), wall, latencies))
+
+    def join(i: int) -> list[float]:
+        owner = (i + 1) % clients  # everyone joins the tasks of the next user
+        with httpx.Client(base_url=url, timeout=60,
+                          headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
+            return [timed(lambda: http.post(f"/v1/tasks/t{run}-{owner}-{k}/join"), 200)
+                    for k in range(ops)]
+
+    latencies, wall = run_concurrently(clients, join)
+    rows.append(("join (POST /v1/tasks/{name}/join)", len(latencies), wall, latencies))
+    return rows
+
+
+def bench_raw_insert(database_url: str, clients: int, ops: int) -> list[tuple[str, int, float, list[float]]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, doc jsonb)")
+    rows = []
+    for threads in (1, clients):
+        def insert(i: int) -> list[float]:
+            out = []
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                for k in range(ops * 5):
+                    began = time.perf_counter()
+                    conn.execute("INSERT INTO bench_raw (doc) VALUES (%s::jsonb)",
+                                 (f'{{"client": {i}, "k": {k}}}',))
+                    out.append(time.perf_counter() - began)
+            return out
+
+        latencies, wall = run_concurrently(threads, insert)
+        rows.append((f"raw single-row INSERT, {threads} conn", len(latencies), wall, latencies))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--ops", type=int, default=20, help="operations per client (default 20)")
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a PostgreSQL URL allowed to create a scratch database")
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:6]
+    name = f"musketeer_bench_{run}"
+    with psycopg.connect(args.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    database_url = f"{args.admin_url.rpartition('/')[0]}/{name}"
+    logs = Path(tempfile.mkdtemp(prefix="musketeer-bench-"))
+    broker = None if args.bootstrap else start_broker(log_path=logs / "broker.log")
+    bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    api = None
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            migrate.apply(conn)
+        api = start_api(database_url, bootstrap, logs, MUSKETEER_TOPIC_PREFIX=f"bench{run}",
+                        MUSKETEER_DB_POOL_SIZE=str(args.clients))
+        print(f"API {api.url}, broker {bootstrap}, database {name}; "
+              f"{args.clients} clients x {args.ops} ops", flush=True)
+        rows = bench_api(api.url, args.clients, args.ops, run)
+        rows += bench_raw_insert(database_url, args.clients, args.ops)
+    finally:
+        if api:
+            api.stop()
+        if broker:
+            broker.stop()
+        with psycopg.connect(args.admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    header = f"| {'operation':<38} | {'ops':>5} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for label, count, wall, latencies in rows:
+        print(f"| {label:<38} | {count:>5} | {count / wall:>8.1f} | "
+              f"{percentile(latencies, 0.5) * 1000:>7.1f} | {percentile(latencies, 0.99) * 1000:>7.1f} |")
+    print(f"(mean create latency {statistics.mean(rows[0][3]) * 1000:.1f} ms; create includes two "
+          "topic creations on the broker)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
