@@ -1,0 +1,496 @@
+"""A typed Python client of the Musketeer HTTP API (v1), for notebooks, the CLI and daemons.
+
+with MusketeerClient.from_profile() as client:
+    for task in client.iter_tasks(status="CREATED"):
+        print(task.name, task.participant_count)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from api.client_models import (
+    Participant,
+    Task,
+    TaskEvent,
+    TaskPage,
+    TaskState,
+    Token,
+    Topics,
+    User,
+    VerifyReport,
+)
+from api.credentials import load_credentials, same_url
+from api.profile import Profile
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "ConflictError",
+    "IdempotencyKeyReusedError",
+    "MusketeerClient",
+    "NotFoundError",
+    "Participant",
+    "PermissionDenied",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailable",
+    "Task",
+    "TaskEvent",
+    "TaskPage",
+    "TaskState",
+    "Token",
+    "Topics",
+    "User",
+    "ValidationFailed",
+    "VersionConflictError",
+    "VerifyReport",
+]
+
+USER_AGENT = "musketeer-client/0.1"
+
+
+# --- errors -----------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """An error reported by the API (or the failure to reach it)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str = "error", details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.details = details
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(status={self.status!r}, code={self.code!r}, message={self.message!r})"
+
+
+class AuthenticationError(ClientError):
+    """401: no token, a wrong username/password pair, or an expired token."""
+
+
+class PermissionDenied(ClientError):
+    """403: authenticated, but not allowed to do this."""
+
+
+class NotFoundError(ClientError):
+    """404: no such user or task."""
+
+
+class ConflictError(ClientError):
+    """409: the command conflicts with the current state."""
+
+
+class VersionConflictError(ConflictError):
+    """409 version_conflict: someone else changed the task first; re-read and retry."""
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """409 idempotency_key_reused: the key was already used for a different request."""
+
+
+class ValidationFailed(ClientError):
+    """422: the input was rejected; `details` says which fields and why."""
+
+
+class ServiceUnavailable(ClientError):
+    """503, or the API cannot be reached at all."""
+
+
+class ServerError(ClientError):
+    """5xx: the server failed."""
+
+
+_BY_CODE: dict[str, type[ClientError]] = {
+    "not_authenticated": AuthenticationError,
+    "forbidden": PermissionDenied,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
+    "version_conflict": VersionConflictError,
+    "idempotency_key_reused": IdempotencyKeyReusedError,
+    "invalid_input": ValidationFailed,
+    "unavailable": ServiceUnavailable,
+}
+_BY_STATUS: dict[int, type[ClientError]] = {
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFoundError,
+    409: ConflictError,
+    422: ValidationFailed,
+    503: ServiceUnavailable,
+}
+
+
+def error_from_response(response: httpx.Response) -> ClientError:
+    """The ClientError for an error response (the API's body, or a framework default)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    code, message, details = _parse_error_body(body)
+    status = response.status_code
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else ClientError
+    message = message or response.text.strip() or response.reason_phrase or f"HTTP {status}"
+    return cls(message, status=status, code=code or _default_code(status), details=details)
+
+
+def _parse_error_body(body: Any) -> tuple[str | None, str | None, Any]:
+    if not isinstance(body, dict):
+        return None, None, None
+    if "error" in body or "message" in body:
+        return body.get("error"), body.get("message"), body.get("details")
+    # FastAPI's own bodies ({"detail": ...}) for errors the app does not translate.
+    if "detail" in body:
+        detail = body["detail"]
+        return (None, detail, None) if isinstance(detail, str) else (None, None, detail)
+    # Any other JSON (e.g. /readyz's {"status", "checks"}) is kept whole as details.
+    return None, None, body
+
+
+def _default_code(status: int) -> str:
+    return _STATUS_CODE.get(status, "server_error" if status >= 500 else "error")
+
+
+_STATUS_CODE: dict[int, str] = {
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    422: "invalid_input",
+    503: "unavailable",
+}
+
+
+def unreachable(api_url: str, exc: Exception) -> ServiceUnavailable:
+    """The error for an API that cannot be reached, with what to do about it."""
+    return ServiceUnavailable(
+        f"cannot reach the Musketeer API at {api_url} ({type(exc).__name__}: {exc}). "
+        "Is the platform running? Start it with `musketeer platform up`, "
+        "or point --api-url / MUSKETEER_API_URL at the right server.",
+        status=None,
+        code="unreachable",
+    )
+
+
+# --- retries ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff, bounded by a total time spent waiting between tries."""
+
+    total_wait: float = 10.0
+    initial_delay: float = 0.25
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int, waited: float, retry_after: float | None = None) -> float | None:
+        """Seconds to sleep before retry number `attempt + 1`, or None to give up."""
+        remaining = self.total_wait - waited
+        if remaining <= 0:
+            return None
+        backoff = min(self.max_delay, self.initial_delay * 2.0**attempt)
+        if retry_after is not None:
+            backoff = max(backoff, retry_after)
+        return min(backoff, remaining)
+
+
+NO_RETRY = RetryPolicy(total_wait=0.0)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+# --- the client ---------------------------------------------------------------
+
+
+class MusketeerClient:
+    """A synchronous client of the Musketeer HTTP API v1."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = same_url(api_url)
+        self.token = token
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.api_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+
+    def __repr__(self) -> str:
+        return f"MusketeerClient({self.api_url!r}, authenticated={self.token is not None})"
+
+    @classmethod
+    def from_profile(
+        cls, *, api_url: str | None = None, profile: Profile | None = None, **kwargs: Any
+    ) -> MusketeerClient:
+        """A client for the platform in the profile, logged in with the saved credentials.
+
+        `MUSKETEER_TOKEN` overrides the saved token. Saved credentials are used only
+        for the API they were issued by, so a token never leaks to another server.
+        """
+        profile = profile or Profile.load()
+        url = same_url(api_url or profile.api_url)
+        token = os.environ.get("MUSKETEER_TOKEN") or None
+        if token is None:
+            saved = load_credentials(profile.credentials_path())
+            if saved is not None and saved.api_url == url:
+                token = saved.access_token
+        return cls(url, token, **kwargs)
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Close the underlying connections."""
+        self._http.close()
+
+    def __enter__(self) -> MusketeerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- users and auth
+
+    def register(
+        self, username: str, password: str, organization: str, *, idempotency_key: str | None = None
+    ) -> User:
+        """Create a user account."""
+        body = {"username": username, "password": password, "organization": organization}
+        return User.model_validate(self._post("/v1/users", json=body, key=idempotency_key))
+
+    def login(self, username: str, password: str) -> Token:
+        """Exchange a username and password for a bearer token, and use it from now on."""
+        form = {"username": username, "password": password}
+        token = Token.model_validate(self._post("/v1/auth/token", data=form))
+        self.token = token.access_token
+        return token
+
+    def me(self) -> User:
+        """The user the token belongs to."""
+        return User.model_validate(self._get("/v1/users/me"))
+
+    # -- tasks
+
+    def create_task(
+        self,
+        name: str,
+        definition: dict[str, Any],
+        *,
+        topology: str = "STAR",
+        pom: int = 1,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """Create a federated task; the definition is sent as given (the server normalises it)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "definition": definition,
+            "topology": topology,
+            "pom": pom,
+        }
+        if description is not None:
+            body["description"] = description
+        return Task.model_validate(self._post("/v1/tasks", json=body, key=idempotency_key))
+
+    def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        pom: int | None = None,
+        search: str | None = None,
+        creator: str | None = None,
+        joined: bool | None = None,
+        created_after: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """One page of tasks matching the filters, newest first."""
+        params = _task_filters(status, pom, search, creator, joined, created_after, limit, cursor)
+        return TaskPage.model_validate(self._get("/v1/tasks", params=params))
+
+    def iter_tasks(self, **filters: Any) -> Iterator[Task]:
+        """Every task matching the filters (same as `list_tasks`), following cursors."""
+        cursor: str | None = filters.pop("cursor", None)
+        seen: set[str] = set()
+        while True:
+            page = self.list_tasks(cursor=cursor, **filters)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            # A server bug returning the same cursor again would loop forever.
+            if page.next_cursor in seen:
+                raise ServerError("the server returned the same cursor twice", code="cursor_loop")
+            seen.add(page.next_cursor)
+            cursor = page.next_cursor
+
+    def get_task(self, name: str) -> Task:
+        """One task by name."""
+        return Task.model_validate(self._get(_task_path(name)))
+
+    def join(self, name: str, *, idempotency_key: str | None = None) -> Task:
+        """Join a task as a participant."""
+        return Task.model_validate(self._post(_task_path(name, "join"), key=idempotency_key))
+
+    def leave(self, name: str, *, idempotency_key: str | None = None) -> Task:
+        """Leave a task."""
+        return Task.model_validate(self._post(_task_path(name, "leave"), key=idempotency_key))
+
+    def delete_task(self, name: str, *, idempotency_key: str | None = None) -> Task:
+        """Delete a task (creator only); returns it with status DELETED."""
+        body = self._command("DELETE", _task_path(name), key=idempotency_key)
+        return Task.model_validate(body)
+
+    def task_events(self, name: str) -> list[TaskEvent]:
+        """The task's events, oldest first."""
+        body = self._get(_task_path(name, "events"))
+        return [TaskEvent.model_validate(item) for item in body.get("items", [])]
+
+    def task_state(self, name: str, version: int) -> TaskState:
+        """The task as it was after its first `version` events."""
+        body = self._get(_task_path(name, "state"), params={"version": version})
+        return TaskState.model_validate(body)
+
+    # -- audit and health
+
+    def verify(self) -> VerifyReport:
+        """Walk the event log's hash chain on the server."""
+        return VerifyReport.model_validate(self._get("/v1/audit/verify"))
+
+    def health(self) -> dict[str, Any]:
+        """Liveness of the API process."""
+        body: dict[str, Any] = self._get("/healthz", retry=False)
+        return body
+
+    def ready(self) -> dict[str, Any]:
+        """Readiness of the API (database, broker); raises ServiceUnavailable if not ready."""
+        # No retry: a readiness probe should answer about now, not in ten seconds.
+        body: dict[str, Any] = self._get("/readyz", retry=False)
+        return body
+
+    # -- plumbing
+
+    def _get(self, path: str, *, params: dict[str, Any] | None = None, retry: bool = True) -> Any:
+        policy = self.retry if retry else NO_RETRY
+        return self._json(self._send("GET", path, policy=policy, params=params))
+
+    def _post(self, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
+        return self._command("POST", path, key=key, **kwargs)
+
+    def _command(self, method: str, path: str, *, key: str | None, **kwargs: Any) -> Any:
+        # A fresh key per call makes our own retries safe: the server returns the
+        # first result for a repeated key and appends nothing.
+        headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+        return self._json(self._send(method, path, headers=headers, **kwargs))
+
+    def _send(
+        self, method: str, path: str, *, policy: RetryPolicy | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request, retrying only where a repeat cannot apply a command twice."""
+        policy = policy or self.retry
+        headers = {**kwargs.pop("headers", {}), **self._auth_headers()}
+        idempotent = is_idempotent(method, headers)
+        attempt, waited = 0, 0.0
+        while True:
+            try:
+                response = self._http.request(method, path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                # A refused connection never reached the server, so any request may
+                # be repeated; a read failure may have, so only idempotent ones.
+                safe = idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                delay = policy.delay(attempt, waited) if safe else None
+                if delay is None:
+                    raise unreachable(self.api_url, exc) from exc
+            else:
+                if response.status_code != 503 or not idempotent:
+                    return response
+                delay = policy.delay(attempt, waited, _retry_after(response))
+                if delay is None:
+                    return response
+            self._sleep(delay)
+            attempt, waited = attempt + 1, waited + delay
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError:
+            return {"status": response.text.strip()}
+
+
+def is_idempotent(method: str, headers: dict[str, str]) -> bool:
+    """Whether sending the request twice has the effect of sending it once."""
+    return method in ("GET", "HEAD") or "Idempotency-Key" in headers
+
+
+def _task_path(name: str, action: str | None = None) -> str:
+    # safe="": a "/" or "?" in a name must stay part of the name.
+    path = f"/v1/tasks/{quote(name, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def _task_filters(
+    status: str | None,
+    pom: int | None,
+    search: str | None,
+    creator: str | None,
+    joined: bool | None,
+    created_after: datetime | str | None,
+    limit: int | None,
+    cursor: str | None,
+) -> dict[str, Any]:
+    if isinstance(created_after, datetime):
+        created_after = created_after.isoformat()
+    params: dict[str, Any] = {
+        "status": status,
+        "pom": pom,
+        "search": search,
+        "creator": creator,
+        "joined": None if joined is None else str(joined).lower(),
+        "created_after": created_after,
+        "limit": limit,
+        "cursor": cursor,
+    }
+    return {k: v for k, v in params.items() if v is not None}

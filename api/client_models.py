@@ -1,0 +1,116 @@
+"""What the HTTP API returns, as the client sees it.
+
+Every model allows extra fields, so a newer server adding a field never breaks
+an older client; fields the client does not strictly need have defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class User(_ApiModel):
+    """A registered user."""
+
+    username: str
+    organization: str | None = None
+    created_at: datetime | None = None
+
+
+class Token(_ApiModel):
+    """A bearer token issued by `POST /v1/auth/token`."""
+
+    # repr=False: the token must not show up in notebooks, logs or tracebacks.
+    access_token: str = Field(repr=False)
+    token_type: str = "bearer"
+    expires_in: float | None = None
+
+
+class Participant(_ApiModel):
+    """A member of a task."""
+
+    username: str
+    organization: str | None = None
+    joined_at: datetime | None = None
+
+
+class Topics(_ApiModel):
+    """The task's two Kafka topics (data plane)."""
+
+    broadcast: str | None = None
+    updates: str | None = None
+
+
+class Task(_ApiModel):
+    """The task view returned by the task endpoints."""
+
+    task_id: str
+    name: str
+    creator: str
+    status: str
+    definition: dict[str, Any] = Field(default_factory=dict)
+    topology: str = "STAR"
+    pom: int = 1
+    description: str | None = None
+    quorum: int | None = None
+    max_participants: int | None = None
+    participants: list[Participant] = Field(default_factory=list)
+    participant_count: int = 0
+    topics: Topics = Field(default_factory=Topics)
+    version: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def rounds(self) -> int | None:
+        """Federated rounds, in either spelling the definition may use."""
+        value = self.definition.get("rounds", self.definition.get("round"))
+        return value if isinstance(value, int) else None
+
+    @property
+    def effective_quorum(self) -> int | None:
+        """The quorum, from the view or else from the definition."""
+        if self.quorum is not None:
+            return self.quorum
+        value = self.definition.get("quorum")
+        return value if isinstance(value, int) else None
+
+
+class TaskState(Task):
+    """A task as it was after its first `as_of_version` events."""
+
+    as_of_version: int
+
+
+class TaskPage(_ApiModel):
+    """One page of `GET /v1/tasks`, newest first."""
+
+    items: list[Task] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class TaskEvent(_ApiModel):
+    """One event of a task's stream, as the history endpoint shows it."""
+
+    position: int
+    version: int
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    actor: str | None = None
+    recorded_at: datetime | None = None
+    hash: str | None = None
+
+
+class VerifyReport(_ApiModel):
+    """The result of walking the event log's hash chain."""
+
+    events: int
+    ok: bool
+    first_bad_position: int | None = None
