@@ -98,7 +98,9 @@ def status_text(status: str) -> str:
 def tasks_table(tasks: Iterable[Task]) -> Table:
     """The task list: one row per task."""
     table = Table(show_edge=False, header_style="bold")
-    for column in ("name", "status", "creator", "participants", "rounds", "created"):
+    # Names are what people copy into the next command: never wrapped.
+    table.add_column("name", no_wrap=True)
+    for column in ("status", "creator", "participants", "rounds", "created"):
         table.add_column(column, overflow="fold")
     for task in tasks:
         table.add_row(
