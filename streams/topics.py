@@ -9,12 +9,13 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import re
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from streams.errors import BrokerUnavailable, StreamsError
 
@@ -60,7 +61,8 @@ class TopicAdmin:
     def __init__(self, bootstrap_servers: str, timeout_s: float = 10) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.timeout_s = timeout_s
-        self._admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": _LOG})
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _LOG}
+        self._admin = AdminClient(config)
 
     def ping(self, timeout_s: float = 3.0) -> None:
         """Raise BrokerUnavailable unless the broker answers within `timeout_s`."""

@@ -1,0 +1,135 @@
+"""The `musketeer` console script: `platform` commands here, each package's own commands added."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from api.client import ClientError
+from api.profile import default_data_dir
+from api.settings import SettingsError
+from infra import platform
+from infra.errors import PlatformError
+
+app = typer.Typer(
+    help="Musketeer: train one model together without moving the data.",
+    no_args_is_help=True,
+)
+platform_app = typer.Typer(
+    help="Run the local platform: embedded PostgreSQL, embedded broker and the API.",
+    no_args_is_help=True,
+)
+app.add_typer(platform_app, name="platform")
+
+# soft_wrap: long paths and URLs stay on one line, so they can be copied.
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", help="Folder for the profile, logs and database files.",
+                 default_factory=default_data_dir, show_default="./.musketeer"),
+]
+
+
+@platform_app.command("up")
+def up_command(
+    data_dir: DataDir,
+    api_port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = platform.DEFAULT_API_PORT,
+    foreground: Annotated[
+        bool, typer.Option(help="Stay attached; Ctrl-C stops the whole platform.")
+    ] = False,
+) -> None:
+    """Start PostgreSQL, the broker and the API (DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS use yours)."""
+    running = platform.running_profile(data_dir)
+    if running is not None:
+        _out.print(f"the platform is already up: API at {running.api_url} (profile {data_dir}/profile.json)")
+        return
+    steps = platform.Steps(_out)
+    try:
+        profile, api = platform.up(data_dir, api_port, steps, foreground=foreground)
+    except (PlatformError, SettingsError) as exc:
+        _fail(str(exc))
+    _out.print(f"platform up: API at [bold]{profile.api_url}[/bold], "
+               f"profile {platform.paths_for(data_dir).profile}")
+    if foreground:
+        _out.print("running in the foreground; press Ctrl-C to stop")
+        raise typer.Exit(platform.serve_foreground(data_dir, api, steps))
+
+
+@platform_app.command("down")
+def down_command(data_dir: DataDir) -> None:
+    """Stop the API, broker and PostgreSQL that `platform up` started (safe to repeat)."""
+    try:
+        stopped = platform.down(data_dir, platform.Steps(_out))
+    except PlatformError as exc:
+        _fail(str(exc))
+    _out.print("platform down" if stopped else "nothing was running")
+
+
+@platform_app.command("status")
+def status_command(data_dir: DataDir) -> None:
+    """Check each service for real (healthz, broker ping, SELECT 1); exit 1 if one is down."""
+    rows = platform.status(data_dir)
+    profile = platform.paths_for(data_dir).profile
+    if not profile.exists():
+        _out.print(f"no platform here: {profile} does not exist (run `musketeer platform up`)")
+    table = Table("service", "pid", "state")
+    table.add_column("address", overflow="fold")
+    for row in rows:
+        state = "[green]up[/green]" if row.up else "[red]down[/red]"
+        table.add_row(row.name, str(row.pid or "-"), state, row.address)
+    _out.print(table)
+    if not all(row.up for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_command(
+    data_dir: DataDir,
+    api_port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = platform.DEFAULT_API_PORT,
+) -> None:
+    """Run the seed's walk-through: three users, a task, two joins, its history (§3.3.1)."""
+    from infra.demo import run_demo
+
+    try:
+        code = run_demo(data_dir, api_port, _out)
+    except (PlatformError, SettingsError) as exc:
+        _fail(str(exc))
+    except ClientError as exc:
+        _fail(f"{exc.code}: {exc.message}")
+    raise typer.Exit(code)
+
+
+def _fail(message: str) -> NoReturn:
+    # Escaped: log tails in the message contain [brackets] rich would eat.
+    _err.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(1)
+
+
+def _register_package_commands(root: typer.Typer) -> None:
+    """Add the subcommands of each package that has a `cli` module with `register(app)`."""
+    for module_name in ("api.cli", "aggregator.cli", "participant.cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Only a missing `<package>.cli` itself is skipped; a broken import
+            # inside it (a typo, a missing dependency) must surface.
+            if exc.name != module_name and exc.name != module_name.split(".")[0]:
+                raise
+            continue
+        module.register(root)
+
+
+_register_package_commands(app)
+
+
+def main() -> None:
+    """Entry point of the `musketeer` console script."""
+    app()
