@@ -19,6 +19,8 @@ from infra.apiproc import ApiProcess
 from infra.apiproc import start_api as start_api_process
 from schema import migrate
 
+pytest_plugins = ["tests.conftest_broker"]
+
 # The machine's PostgreSQL (CI starts it before the run); override with
 # MUSKETEER_TEST_DATABASE_ADMIN_URL to test against another server.
 ADMIN_URL = os.environ.get(
@@ -91,20 +93,6 @@ def api(database_url: str, broker: Any, topic_prefix: str,
     """One API process for the session, on the session's database and broker."""
     process = start_api(database_url, broker.bootstrap, tmp_path_factory.mktemp("api"),
                         topic_prefix)
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The embedded broker (tansu) for the session, or a real Kafka named by MUSKETEER_TEST_KAFKA."""
-    from infra.broker import BrokerProcess, start_broker
-
-    external = os.environ.get("MUSKETEER_TEST_KAFKA")
-    if external:
-        yield BrokerProcess(bootstrap=external, pid=0)
-        return
-    process = start_broker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
     yield process
     process.stop()
 
