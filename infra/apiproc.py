@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from infra.errors import PlatformError
-from infra.procs import find_free_port
+from infra.procs import find_free_port, log_tail
 
 HOST = "127.0.0.1"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,10 +26,13 @@ def api_environment(database_url: str, bootstrap: str, **extra: str) -> dict[str
     return env
 
 
-def spawn_api(port: int, env: dict[str, str], log_path: Path,
-              detach: bool = False) -> subprocess.Popen[bytes]:
-    """Start uvicorn serving `api.app:create_app` on 127.0.0.1:`port`."""
-    command = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+DEFAULT_APP = "api.app:create_app"
+
+
+def spawn_api(port: int, env: dict[str, str], log_path: Path, detach: bool = False,
+              app: str = DEFAULT_APP) -> subprocess.Popen[bytes]:
+    """Start uvicorn serving the app factory `app` on 127.0.0.1:`port`."""
+    command = [sys.executable, "-m", "uvicorn", app, "--factory",
                "--host", HOST, "--port", str(port), "--log-level", "warning"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -53,10 +56,8 @@ def wait_healthy(popen: subprocess.Popen[bytes], api_url: str, log_path: Path,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if popen.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-            raise PlatformError(
-                f"the API exited during start-up (code {popen.returncode}); see {log_path}\n{tail}"
-            )
+            raise PlatformError(f"the API exited during start-up (code {popen.returncode}); "
+                                f"see {log_path}\n{log_tail(log_path)}")
         if healthy(api_url):
             return
         # Start-up imports FastAPI, migrates and opens the pool: a second or two.

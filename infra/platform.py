@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import httpx
 import psycopg
 from rich.console import Console
 
 from api.profile import Profile
 from api.settings import Settings
+from infra.apiproc import api_environment, healthy, spawn_api, wait_healthy
 from infra.broker import start_broker
 from infra.errors import PlatformError
 from infra.postgres import postgres_running, start_postgres, stop_postgres
-from infra.procs import log_tail, pid_matches, port_in_use, stop_pid
+from infra.procs import pid_matches, port_in_use, stop_pid
 from schema import migrate
 from streams.errors import StreamsError
 from streams.topics import TopicAdmin
@@ -43,7 +42,6 @@ DEFAULT_API_APP = "api.app:create_app"
 _CMDLINE = {"api": "uvicorn", "broker": "tansu", "postgres": "postgres"}
 _LABEL = {"api": "API", "broker": "broker", "postgres": "PostgreSQL"}
 _STOP_ORDER = ("api", "broker", "postgres")
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -216,7 +214,7 @@ def _start_api(
     with steps.step(f"starting API on {HOST}:{port}"):
         api = _spawn_api(paths, profile, port, app, detach)
         profile.pids["api"] = api.pid
-        _wait_healthy(api, profile.api_url, paths.log("api"))
+        wait_healthy(api, profile.api_url, paths.log("api"))
     return api
 
 
@@ -224,38 +222,8 @@ def _spawn_api(
     paths: Paths, profile: Profile, port: int, app: str, detach: bool
 ) -> subprocess.Popen[bytes]:
     assert profile.database_url and profile.kafka_bootstrap_servers
-    env = dict(os.environ, DATABASE_URL=profile.database_url,
-               KAFKA_BOOTSTRAP_SERVERS=profile.kafka_bootstrap_servers)
-    # The API must import from this checkout even when run from elsewhere.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", HOST, "--port", str(port)]
-    with open(paths.log("api"), "ab") as log:
-        # Detached: its own session, so it outlives `platform up` and a
-        # Ctrl-C in that terminal does not reach it.
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=detach)
-
-
-def _wait_healthy(api: subprocess.Popen[bytes], api_url: str, log: Path, timeout_s: float = 60) -> None:
-    """Poll GET /healthz until it answers 200; fail early if the process exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if api.poll() is not None:
-            raise PlatformError(
-                f"the API exited during start-up (code {api.returncode}); see {log}\n{log_tail(log)}"
-            )
-        if _healthy(api_url, timeout_s=1.0):
-            return
-        # Start-up imports FastAPI and opens the database pool: a second or two.
-        time.sleep(0.2)
-    raise PlatformError(f"the API did not answer {api_url}/healthz within {timeout_s:g} s; see {log}")
-
-
-def _healthy(api_url: str, timeout_s: float) -> bool:
-    try:
-        return httpx.get(f"{api_url}/healthz", timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
+    env = api_environment(profile.database_url, profile.kafka_bootstrap_servers)
+    return spawn_api(port, env, paths.log("api"), detach=detach, app=app)
 
 
 def serve_foreground(data_dir: Path, api: subprocess.Popen[bytes], steps: Steps | None = None) -> int:
@@ -322,7 +290,7 @@ def status(data_dir: Path) -> list[ServiceStatus]:
         return [ServiceStatus(_LABEL[name], "-", None, False) for name in _LABEL]
     profile = Profile.load(paths.profile)
     checks: list[tuple[str, str | None, Callable[[str], bool]]] = [
-        ("api", profile.api_url, lambda url: _healthy(url, timeout_s=2.0)),
+        ("api", profile.api_url, lambda url: healthy(url, timeout_s=2.0)),
         ("broker", profile.kafka_bootstrap_servers, _broker_answers),
         ("postgres", profile.database_url, _database_answers),
     ]

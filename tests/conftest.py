@@ -41,15 +41,9 @@ def _database_url(name: str) -> str:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A database of this test session's own, migrated."""
-    name = f"musketeer_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _database_url(name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        migrate.apply(conn)
+    url = fresh_database()
     yield url
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(url)
 
 
 @pytest.fixture(scope="session")
