@@ -73,7 +73,7 @@ def http_status(error: MusketeerError) -> int:
     """The HTTP status for an error, by its nearest listed type."""
     for cls in type(error).__mro__:
         if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]  # type: ignore[index]
+            return HTTP_STATUS[cls]
     return 500
 
 
