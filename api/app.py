@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,14 +22,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import queries
 from api.broker import BrokerTopics
 from api.domain import TaskView
-from api.errors import InvalidInput, MusketeerError, NotAuthenticated, error_body, http_status
-from api.handlers import Commands, Context, Result
+from api.errors import (
+    InvalidInput,
+    MusketeerError,
+    NotAuthenticated,
+    error_body,
+    http_status,
+)
+from api.handlers import Context, Result
 from api.projections import project
 from api.security import token_owner
 from api.settings import Settings
 from api.store import EventStore
+from api.training import TrainingCommands
 from schema import migrate
-from schema.commands import CreateTask, Credentials, RegisterUser
+from schema.commands import (
+    CompleteTask,
+    CreateTask,
+    Credentials,
+    FailTask,
+    RecordRejection,
+    RecordRound,
+    RegisterUser,
+)
 from schema.lifecycle import TaskStatus
 
 log = logging.getLogger("musketeer.api")
@@ -46,7 +62,7 @@ class Services:
         )
         self.store = EventStore(self.pool, projector=project)
         self.topics = BrokerTopics(settings.kafka_bootstrap_servers)
-        self.commands = Commands(self.store, settings, self.topics)
+        self.commands = TrainingCommands(self.store, settings, self.topics)
         self.relay: Any = None
 
     def start(self) -> None:
@@ -282,12 +298,91 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin route
         with services.store.connection() as conn:
             return queries.task_state(conn, name, user, version)
 
+    _add_training_routes(app)
+
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the hash chain")
     def verify(user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
         """Walk the whole log; `first_bad_position` names the first altered event."""
         report = services.store.verify()
         return {"events": report.events, "ok": report.ok,
                 "first_bad_position": report.first_bad_position}
+
+
+def _add_training_routes(app: FastAPI) -> None:
+    @app.post("/v1/tasks/{name}/start", response_model=TaskView, tags=["training"],
+              summary="Start training (aggregator)")
+    def start(name: str, request: Request, user: CurrentUser, services: ServicesDep,
+              key: IdempotencyKey = None) -> JSONResponse:
+        """Record TaskStarted once the quorum has joined (the creator only)."""
+        return _respond(services.commands.start(name, _context(request, user, key)))
+
+    @app.post("/v1/tasks/{name}/rounds", response_model=TaskView, tags=["training"],
+              summary="Record a completed round (aggregator)")
+    def record_round(name: str, body: RecordRound, request: Request, user: CurrentUser,
+                     services: ServicesDep, key: IdempotencyKey = None) -> JSONResponse:
+        """Record the next round; its model must be stored first; a repeat is 409."""
+        return _respond(services.commands.record_round(name, body, _context(request, user, key)))
+
+    @app.get("/v1/tasks/{name}/rounds", response_model=queries.Rounds, tags=["training"],
+             summary="A task's rounds")
+    def rounds(name: str, user: CurrentUser, services: ServicesDep) -> queries.Rounds:
+        """Completed rounds with metrics and model digests (creator and participants)."""
+        with services.store.connection() as conn:
+            return queries.task_rounds(conn, name, user)
+
+    @app.post("/v1/tasks/{name}/rejections", response_model=TaskView, tags=["training"],
+              summary="Record a rejected update (aggregator)")
+    def reject(name: str, body: RecordRejection, request: Request, user: CurrentUser,
+               services: ServicesDep, key: IdempotencyKey = None) -> JSONResponse:
+        """Record an UpdateRejected event with the reason."""
+        return _respond(services.commands.reject_update(name, body, _context(request, user, key)))
+
+    @app.put("/v1/tasks/{name}/model", status_code=201, tags=["training"],
+             summary="Store a model artifact (aggregator)",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def store_model(
+        name: str, request: Request, user: CurrentUser, services: ServicesDep,
+        round: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+        final: bool = False, key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        """Upload model bytes (the codec's payload); returns its sha256."""
+        content = await request.body()
+        context = _context(request, user, key)
+        result = await run_in_threadpool(services.commands.store_model, name, content, round,
+                                         final, context)
+        return _respond(result)
+
+    @app.get("/v1/tasks/{name}/model", tags=["training"], summary="Download a task's model",
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def get_model(name: str, user: CurrentUser, services: ServicesDep,
+                  sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None) -> Response:
+        """The final model (or the stored artifact `sha256`); its digest is in X-Model-SHA256."""
+        with services.store.connection() as conn:
+            digest, content = queries.model_bytes(conn, name, user, sha256)
+        return Response(content, media_type="application/octet-stream",
+                        headers={"X-Model-SHA256": digest})
+
+    @app.post("/v1/tasks/{name}/complete", response_model=TaskView, tags=["training"],
+              summary="Complete a task (aggregator)")
+    def complete(name: str, body: CompleteTask, request: Request, user: CurrentUser,
+                 services: ServicesDep, key: IdempotencyKey = None) -> JSONResponse:
+        """Record TaskCompleted with the final model's digest."""
+        return _respond(services.commands.complete(name, body, _context(request, user, key)))
+
+    @app.post("/v1/tasks/{name}/fail", response_model=TaskView, tags=["training"],
+              summary="Fail a task (aggregator)")
+    def fail(name: str, body: FailTask, request: Request, user: CurrentUser,
+             services: ServicesDep, key: IdempotencyKey = None) -> JSONResponse:
+        """Record TaskFailed with the reason."""
+        return _respond(services.commands.fail(name, body, _context(request, user, key)))
+
+    @app.get("/v1/models", response_model=queries.Models, tags=["training"],
+             summary="My trained models")
+    def models(user: CurrentUser, services: ServicesDep) -> queries.Models:
+        """Final models of tasks you created or joined: digest, size and lineage."""
+        with services.store.connection() as conn:
+            return queries.user_models(conn, user)
 
 
 _CREDENTIALS_SCHEMA = {

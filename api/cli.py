@@ -491,7 +491,9 @@ def _database_url(option: str | None) -> str:
 
 def _run_replay(database_url: str) -> Any:
     try:
-        from api.replay import replay  # lazy: operator-only, and it pulls in the database layer
+        from api.replay import (
+            replay,  # lazy: operator-only, and it pulls in the database layer
+        )
     except ImportError as exc:
         raise CliFailure(f"replay is not available in this installation: {exc}") from exc
     import psycopg

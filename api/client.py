@@ -7,6 +7,7 @@ with MusketeerClient.from_profile() as client:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -20,7 +21,10 @@ from urllib.parse import quote
 import httpx
 
 from api.client_models import (
+    ModelInfo,
     Participant,
+    Round,
+    StoredModel,
     Task,
     TaskEvent,
     TaskPage,
@@ -387,6 +391,72 @@ class MusketeerClient:
         body = self._get(_task_path(name, "state"), params={"version": version})
         return TaskState.model_validate(body)
 
+    # -- training (the aggregator's commands are the task creator's)
+
+    def start_task(self, name: str, *, idempotency_key: str | None = None) -> Task:
+        """Record TaskStarted (creator only, once the quorum has joined)."""
+        return Task.model_validate(self._post(_task_path(name, "start"), key=idempotency_key))
+
+    def record_round(self, name: str, round: int, *, participants: list[str],
+                     model_sha256: str, samples: dict[str, int] | None = None,
+                     metrics: dict[str, float] | None = None,
+                     eval_metrics: dict[str, float] | None = None,
+                     duration_s: float | None = None,
+                     idempotency_key: str | None = None) -> Task:
+        """Record a completed round (its model must be uploaded first)."""
+        body = {"round": round, "participants": participants, "model_sha256": model_sha256,
+                "samples": samples or {}, "metrics": metrics or {},
+                "eval_metrics": eval_metrics or {}, "duration_s": duration_s}
+        return Task.model_validate(
+            self._post(_task_path(name, "rounds"), json=body, key=idempotency_key))
+
+    def reject_update(self, name: str, round: int, sender: str, reason: str,
+                      message_id: str | None = None) -> Task:
+        """Record an update the aggregator refused, with the reason."""
+        body = {"round": round, "sender": sender, "reason": reason, "message_id": message_id}
+        return Task.model_validate(self._post(_task_path(name, "rejections"), json=body))
+
+    def upload_model(self, name: str, content: bytes, *, round: int | None = None,
+                     final: bool = False, idempotency_key: str | None = None) -> StoredModel:
+        """Store model bytes as an artifact of the task; returns its digest."""
+        params: dict[str, Any] = {"final": "true" if final else "false"}
+        if round is not None:
+            params["round"] = round
+        body = self._command("PUT", _task_path(name, "model"), key=idempotency_key,
+                             content=content, params=params,
+                             headers={"Content-Type": "application/octet-stream"})
+        return StoredModel.model_validate(body)
+
+    def download_model(self, name: str, sha256: str | None = None) -> tuple[str, bytes]:
+        """The task's final model (or the artifact `sha256`): (digest, bytes), digest checked."""
+        params = {"sha256": sha256} if sha256 else None
+        response = self._send("GET", _task_path(name, "model"), params=params)
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        digest = response.headers.get("X-Model-SHA256", "")
+        if hashlib.sha256(response.content).hexdigest() != digest:
+            raise ServerError("the downloaded model does not match its X-Model-SHA256 header",
+                              code="digest_mismatch")
+        return digest, response.content
+
+    def complete_task(self, name: str, model_sha256: str) -> Task:
+        """Record TaskCompleted with the final model's digest."""
+        return Task.model_validate(
+            self._post(_task_path(name, "complete"), json={"model_sha256": model_sha256}))
+
+    def fail_task(self, name: str, reason: str) -> Task:
+        """Record TaskFailed with the reason."""
+        return Task.model_validate(self._post(_task_path(name, "fail"), json={"reason": reason}))
+
+    def rounds(self, name: str) -> list[Round]:
+        """The task's completed rounds, oldest first."""
+        body = self._get(_task_path(name, "rounds"))
+        return [Round.model_validate(item) for item in body.get("items", [])]
+
+    def models(self) -> list[ModelInfo]:
+        """Final models of the tasks you created or joined, with lineage."""
+        return [ModelInfo.model_validate(item) for item in self._get("/v1/models").get("items", [])]
+
     # -- audit and health
 
     def verify(self) -> VerifyReport:
@@ -416,7 +486,7 @@ class MusketeerClient:
     def _command(self, method: str, path: str, *, key: str | None, **kwargs: Any) -> Any:
         # A fresh key per call makes our own retries safe: the server returns the
         # first result for a repeated key and appends nothing.
-        headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+        headers = {**kwargs.pop("headers", {}), "Idempotency-Key": key or str(uuid.uuid4())}
         return self._json(self._send(method, path, headers=headers, **kwargs))
 
     def _send(

@@ -67,6 +67,9 @@ class Task(_ApiModel):
     version: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    rounds_completed: int = 0
+    model_sha256: str | None = None
+    failure_reason: str | None = None
 
     @property
     def rounds(self) -> int | None:
@@ -114,3 +117,38 @@ class VerifyReport(_ApiModel):
     events: int
     ok: bool
     first_bad_position: int | None = None
+
+
+class Round(_ApiModel):
+    """A completed round: who contributed, metrics, the model's digest."""
+
+    round: int
+    participants: list[str] = Field(default_factory=list)
+    samples: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+    model_sha256: str
+    duration_s: float | None = None
+    recorded_at: datetime | None = None
+
+
+class StoredModel(_ApiModel):
+    """A model artifact the API stored."""
+
+    sha256: str
+    size: int
+    round: int | None = None
+    final: bool = False
+
+
+class ModelInfo(_ApiModel):
+    """A trained model and its lineage: which task, rounds and participants produced it."""
+
+    task: str
+    task_id: str
+    creator: str
+    model_sha256: str
+    size: int
+    rounds: list[Round] = Field(default_factory=list)
+    participants: list[str] = Field(default_factory=list)
+    completed_at: datetime | None = None

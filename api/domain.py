@@ -13,6 +13,7 @@ from schema.events import (
     ParticipantJoined,
     ParticipantLeft,
     RecordedEvent,
+    RoundCompleted,
     TaskCompleted,
     TaskCreated,
     TaskDeleted,
@@ -57,6 +58,9 @@ class TaskState:
     updated_at: datetime
     version: int
     members: tuple[Member, ...] = field(default_factory=tuple)
+    rounds_completed: int = 0
+    model_sha256: str | None = None
+    failure_reason: str | None = None
 
     @property
     def quorum(self) -> int:
@@ -89,6 +93,12 @@ def _evolve(state: TaskState | None, event: Event, record: RecordedEvent) -> Tas
     if isinstance(event, ParticipantLeft):
         kept = tuple(m for m in state.members if m.username != event.username)
         return replace(state, members=kept)
+    if isinstance(event, RoundCompleted):
+        state = replace(state, rounds_completed=event.round)
+    elif isinstance(event, TaskCompleted):
+        state = replace(state, model_sha256=event.model_sha256)
+    elif isinstance(event, TaskFailed):
+        state = replace(state, failure_reason=event.reason)
     status = _STATUS_AFTER.get(type(event))
     return replace(state, status=status) if status else state
 
@@ -139,6 +149,9 @@ class TaskView(BaseModel):
     version: int
     created_at: datetime
     updated_at: datetime
+    rounds_completed: int = 0
+    model_sha256: str | None = None
+    failure_reason: str | None = None
 
     @classmethod
     def of(cls, state: TaskState) -> TaskView:
@@ -156,4 +169,6 @@ class TaskView(BaseModel):
             participant_count=len(state.members),
             topics=TopicsView(broadcast=state.broadcast_topic, updates=state.updates_topic),
             version=state.version, created_at=state.created_at, updated_at=state.updated_at,
+            rounds_completed=state.rounds_completed, model_sha256=state.model_sha256,
+            failure_reason=state.failure_reason,
         )

@@ -13,12 +13,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from api.store import read_all_from
-
 from schema.events import (
     Event,
     ParticipantJoined,
     ParticipantLeft,
     RecordedEvent,
+    RoundCompleted,
     TaskCompleted,
     TaskCreated,
     TaskDeleted,
@@ -29,7 +29,7 @@ from schema.events import (
 from schema.lifecycle import TaskStatus
 
 Conn = psycopg.Connection[Any]
-PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships")
+PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds")
 
 
 def _task_id(record: RecordedEvent) -> str:
@@ -74,6 +74,31 @@ def _participant_left(conn: Conn, event: ParticipantLeft, record: RecordedEvent)
     _touch(conn, record, count_delta=-1)
 
 
+def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -> None:
+    conn.execute(
+        "INSERT INTO rounds (task_id, round, participants, samples, metrics, eval_metrics,"
+        " model_sha256, duration_s, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (_task_id(record), event.round, Jsonb(event.participants), Jsonb(event.samples),
+         Jsonb(event.metrics), Jsonb(event.eval_metrics), event.model_sha256, event.duration_s,
+         record.recorded_at),
+    )
+    conn.execute("UPDATE tasks SET rounds_completed = %s WHERE task_id = %s",
+                 (event.round, _task_id(record)))
+    _touch(conn, record)
+
+
+def _task_completed(conn: Conn, event: TaskCompleted, record: RecordedEvent) -> None:
+    conn.execute("UPDATE tasks SET model_sha256 = %s WHERE task_id = %s",
+                 (event.model_sha256, _task_id(record)))
+    _touch(conn, record, status=TaskStatus.COMPLETED)
+
+
+def _task_failed(conn: Conn, event: TaskFailed, record: RecordedEvent) -> None:
+    conn.execute("UPDATE tasks SET failure_reason = %s WHERE task_id = %s",
+                 (event.reason, _task_id(record)))
+    _touch(conn, record, status=TaskStatus.FAILED)
+
+
 def _status_setter(status: TaskStatus) -> Callable[[Conn, Event, RecordedEvent], None]:
     def set_status(conn: Conn, event: Event, record: RecordedEvent) -> None:
         _touch(conn, record, status=status)
@@ -99,8 +124,9 @@ _HANDLERS: dict[type[Event], Callable[[Conn, Any, RecordedEvent], None]] = {
     ParticipantJoined: _participant_joined,
     ParticipantLeft: _participant_left,
     TaskStarted: _status_setter(TaskStatus.STARTED),
-    TaskCompleted: _status_setter(TaskStatus.COMPLETED),
-    TaskFailed: _status_setter(TaskStatus.FAILED),
+    RoundCompleted: _round_completed,
+    TaskCompleted: _task_completed,
+    TaskFailed: _task_failed,
     TaskDeleted: _status_setter(TaskStatus.DELETED),
 }
 

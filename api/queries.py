@@ -124,6 +124,8 @@ def _view(row: dict[str, Any], participants: list[ParticipantView]) -> TaskView:
         participants=participants, participant_count=row["participant_count"],
         topics=TopicsView(broadcast=row["broadcast_topic"], updates=row["updates_topic"]),
         version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
+        rounds_completed=row["rounds_completed"], model_sha256=row["model_sha256"],
+        failure_reason=row["failure_reason"],
     )
 
 
@@ -191,3 +193,77 @@ def user_view(conn: Conn, username: str) -> dict[str, Any]:
 
 
 __all__ = ["task_id_by_name", "list_tasks", "get_task", "task_events", "task_state", "user_view"]
+
+
+class RoundView(BaseModel):
+    round: int
+    participants: list[str]
+    samples: dict[str, int]
+    metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    model_sha256: str
+    duration_s: float | None
+    recorded_at: datetime
+
+
+class Rounds(BaseModel):
+    items: list[RoundView]
+
+
+class ModelView(BaseModel):
+    """A trained model and where it came from."""
+
+    task: str
+    task_id: str
+    creator: str
+    model_sha256: str
+    size: int
+    rounds: list[RoundView]
+    participants: list[str]
+    completed_at: datetime
+
+
+class Models(BaseModel):
+    items: list[ModelView]
+
+
+def _rounds(conn: Conn, task_id: str) -> list[RoundView]:
+    rows = conn.execute("SELECT * FROM rounds WHERE task_id = %s ORDER BY round", (task_id,))
+    return [RoundView.model_validate(dict(row)) for row in rows.fetchall()]
+
+
+def task_rounds(conn: Conn, name: str, viewer: str) -> Rounds:
+    """The task's completed rounds, for its creator and participants."""
+    return Rounds(items=_rounds(conn, require_insider(conn, name, viewer)))
+
+
+def model_bytes(conn: Conn, name: str, viewer: str, sha256: str | None) -> tuple[str, bytes]:
+    """The final model of a task (or the stored artifact with `sha256`), for insiders."""
+    task_id = require_insider(conn, name, viewer)
+    digest = sha256 or get_task(conn, name).model_sha256
+    if digest is None:
+        raise NotFound(f"task '{name}' has no final model yet")
+    row = conn.execute("SELECT content FROM artifacts WHERE sha256 = %s AND task_id = %s",
+                       (digest, task_id)).fetchone()
+    if row is None:
+        raise NotFound(f"task '{name}' has no model with digest {digest}")
+    return digest, bytes(row["content"])
+
+
+def user_models(conn: Conn, viewer: str) -> Models:
+    """The final models of the tasks the viewer created or took part in, with their lineage."""
+    rows = conn.execute(
+        "SELECT t.*, a.size FROM tasks t JOIN artifacts a ON a.sha256 = t.model_sha256"
+        " WHERE t.status = 'COMPLETED' AND (t.creator = %s OR t.task_id IN"
+        " (SELECT task_id FROM memberships WHERE username = %s)) ORDER BY t.created_position DESC",
+        (viewer, viewer),
+    ).fetchall()
+    members = _members(conn, [row["task_id"] for row in rows])
+    return Models(items=[
+        ModelView(task=row["name"], task_id=row["task_id"], creator=row["creator"],
+                  model_sha256=row["model_sha256"], size=row["size"],
+                  rounds=_rounds(conn, row["task_id"]),
+                  participants=[m.username for m in members[row["task_id"]]],
+                  completed_at=row["updated_at"])
+        for row in rows
+    ])

@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
 
+from api.retention import sweep, sweep_interval_s
 from api.settings import Settings
 from api.store import NOTIFY_CHANNEL, read_all_from
 from schema.events import RecordedEvent
 from streams.config import producer_config
+from streams.errors import StreamsError
+from streams.topics import TopicAdmin
 
 log = logging.getLogger("musketeer.relay")
 _LEADER_LOCK_KEY = 0x72656C61  # "rela": any constant shared by every relay works
@@ -77,8 +81,21 @@ class OutboxRelay:
             # Idempotence keeps broker order equal to log order through retries.
             producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
             position = _last_position(conn)
+            next_sweep = 0.0
             while not self._stop.is_set():
                 position = self._publish_batch(conn, producer, position)
+                if time.monotonic() >= next_sweep:
+                    self._sweep(conn)
+                    next_sweep = time.monotonic() + sweep_interval_s(self.settings.topic_retention_s)
+
+    def _sweep(self, conn: psycopg.Connection[Any]) -> None:
+        # Retention rides on the leader so exactly one process deletes topics;
+        # a failure is retried at the next sweep and never stops the relay.
+        try:
+            sweep(conn, TopicAdmin(self.settings.kafka_bootstrap_servers),
+                  self.settings.topic_retention_s)
+        except StreamsError as exc:
+            log.warning("retention sweep failed: %s", exc)
 
     def _publish_batch(self, conn: psycopg.Connection[Any], producer: Producer, after: int) -> int:
         records = read_all_from(conn, after, self.batch)
@@ -111,8 +128,6 @@ class OutboxRelay:
 
 
 def _ensure_topic(settings: Settings) -> None:
-    from streams.topics import TopicAdmin
-
     # One partition: consumers must see the log in one global order, not per key.
     TopicAdmin(settings.kafka_bootstrap_servers).create([settings.events_topic], partitions=1)
 

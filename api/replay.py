@@ -10,7 +10,8 @@ import psycopg
 from api.projections import PROJECTION_TABLES, rebuild
 
 # Primary keys give every snapshot a stable order to compare.
-_ORDER = {"users": "username", "tasks": "task_id", "memberships": "task_id, username"}
+_ORDER = {"users": "username", "tasks": "task_id", "memberships": "task_id, username",
+          "rounds": "task_id, round"}
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return value
+
+
 def _flag(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -59,6 +66,7 @@ class Settings:
     token_ttl_s: int
     relay_enabled: bool
     db_pool_size: int
+    topic_retention_s: float
 
     @property
     def events_topic(self) -> str:
@@ -75,4 +83,5 @@ class Settings:
             token_ttl_s=_read("MUSKETEER_TOKEN_TTL_S", 12 * 3600, _positive_int),
             relay_enabled=_read("MUSKETEER_RELAY", True, _flag),
             db_pool_size=_read("MUSKETEER_DB_POOL_SIZE", 10, _positive_int),
+            topic_retention_s=_read("MUSKETEER_TOPIC_RETENTION_S", 3600.0, _non_negative_float),
         )

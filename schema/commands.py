@@ -49,3 +49,49 @@ class CreateTask(BaseModel):
     topology: Literal["STAR"] = "STAR"
     pom: int = Field(default=1, ge=1, le=6, description="privacy operation mode (seed POM 1-6)")
     description: str | None = Field(default=None, max_length=4000)
+
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Field(description="hex sha256")]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class RecordRound(BaseModel):
+    """The aggregator reports a completed round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=1)
+    participants: list[Username] = Field(max_length=10_000)
+    samples: dict[Username, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    metrics: dict[MetricName, FiniteFloat] = Field(default_factory=dict, max_length=50)
+    eval_metrics: dict[MetricName, FiniteFloat] = Field(default_factory=dict, max_length=50)
+    model_sha256: Sha256
+    duration_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class RecordRejection(BaseModel):
+    """The aggregator reports an update it refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=0)
+    sender: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+    message_id: str | None = Field(default=None, max_length=200)
+
+
+class CompleteTask(BaseModel):
+    """The aggregator finished; the final model (already uploaded) has this digest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_sha256: Sha256
+
+
+class FailTask(BaseModel):
+    """The aggregator gave up, with the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=4000)

@@ -69,6 +69,36 @@ class TaskStarted(Event):
     participants: list[str] = Field(default_factory=list)
 
 
+class RoundCompleted(Event):
+    """The aggregator closed a round: who contributed, the metrics, the new model's digest."""
+
+    round: int
+    participants: list[str]
+    samples: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+    model_sha256: str
+    duration_s: float | None = None
+
+
+class UpdateRejected(Event):
+    """An update (or a frame of one) was refused, and why; the round goes on without it."""
+
+    round: int
+    sender: str
+    reason: str
+    message_id: str | None = None
+
+
+class ModelStored(Event):
+    """A model artifact was stored (a round's checkpoint or the final model)."""
+
+    model_sha256: str
+    size: int
+    round: int | None = None
+    final: bool = False
+
+
 class TaskCompleted(Event):
     """Training finished; the final model has this digest."""
 
@@ -95,6 +125,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ParticipantJoined,
         ParticipantLeft,
         TaskStarted,
+        RoundCompleted,
+        UpdateRejected,
+        ModelStored,
         TaskCompleted,
         TaskFailed,
         TaskDeleted,

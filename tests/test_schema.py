@@ -85,19 +85,31 @@ def test_create_task_rejects_unknown_fields_and_topologies() -> None:
                                    "extra": 1})
 
 
+def _random_value(annotation: str, rng: random.Random) -> Any:
+    text = "".join(rng.choice("abcxyz-_.") for _ in range(rng.randint(1, 12)))
+    if annotation.startswith("dict[str, int]"):
+        return {f"k{i}": rng.randint(0, 9) for i in range(rng.randint(0, 3))}
+    if annotation.startswith("dict[str, float]"):
+        return {f"k{i}": rng.random() for i in range(rng.randint(0, 3))}
+    if annotation.startswith("dict"):
+        return {"quorum": rng.randint(1, 9), "rounds": rng.randint(1, 9)}
+    if annotation.startswith("list"):
+        return [text + str(i) for i in range(rng.randint(0, 3))]
+    if annotation.startswith("bool"):
+        return rng.random() < 0.5
+    if annotation.startswith("int"):
+        return rng.randint(1, 6)
+    if annotation.startswith("float"):
+        return rng.random() * 100
+    return text
+
+
 def _random_event(cls: type, rng: random.Random) -> Any:
-    text = lambda: "".join(rng.choice("abcxyz-_.") for _ in range(rng.randint(1, 12)))  # noqa: E731
-    values: dict[str, Any] = {}
+    values = {}
     for name, field in cls.model_fields.items():
-        annotation = str(field.annotation)
-        if "dict" in annotation:
-            values[name] = {"quorum": rng.randint(1, 9), "rounds": rng.randint(1, 9)}
-        elif "list" in annotation:
-            values[name] = [text() for _ in range(rng.randint(0, 3))]
-        elif "int" in annotation:
-            values[name] = rng.randint(1, 6)
-        else:
-            values[name] = text()
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
+        annotation = str(field.annotation) if "[" in str(field.annotation) else annotation
+        values[name] = _random_value(annotation.replace("typing.", ""), rng)
     return cls(**values)
 
 

@@ -1,0 +1,161 @@
+"""Training commands: the aggregator starts a task, records rounds, stores models, ends it.
+
+Each is checked against the lifecycle table and the task's own history, so a
+restarted aggregator can never record a round twice or skip one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from api.domain import TaskState, task_stream
+from api.errors import Conflict, Forbidden, InvalidInput
+from api.handlers import Commands, Context, Result, load_task, require_transition
+from api.store import Session
+from schema.commands import CompleteTask, FailTask, RecordRejection, RecordRound
+from schema.events import (
+    Event,
+    ModelStored,
+    RoundCompleted,
+    TaskCompleted,
+    TaskFailed,
+    TaskStarted,
+    UpdateRejected,
+)
+from schema.lifecycle import TaskStatus
+
+MAX_MODEL_BYTES = 1024 * 1024 * 1024
+
+
+def require_creator(state: TaskState, actor: str, action: str) -> None:
+    """Only the task's creator runs its aggregator."""
+    if state.creator != actor:
+        raise Forbidden(f"only the creator of task '{state.name}' may {action}")
+
+
+def require_started(state: TaskState, action: str) -> None:
+    """Round-level commands need a STARTED task."""
+    if state.status != TaskStatus.STARTED:
+        raise Conflict(f"cannot {action}: task '{state.name}' is {state.status.value}",
+                       {"task": state.name, "status": state.status.value})
+
+
+def stored_model(session: Session, task_id: str, digest: str) -> int | None:
+    """The size of the stored artifact with this digest for this task, if any."""
+    row = session.conn.execute(
+        "SELECT size FROM artifacts WHERE sha256 = %s AND task_id = %s", (digest, task_id)
+    ).fetchone()
+    return int(row["size"]) if row else None
+
+
+class TrainingCommands(Commands):
+    """The aggregator's commands, on top of the user and task commands."""
+
+    def start(self, name: str, ctx: Context) -> Result:
+        """Record TaskStarted once the quorum has joined; membership is then fixed."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "start it")
+            require_transition(state, TaskStatus.STARTED, "start")
+            if len(state.members) < state.quorum:
+                raise Conflict(
+                    f"task '{name}' has {len(state.members)} of its quorum of {state.quorum}",
+                    {"joined": len(state.members), "quorum": state.quorum},
+                )
+            event = TaskStarted(participants=[m.username for m in state.members])
+            return self._append_and_view(session, state, ctx, event)
+
+        return self._run(ctx, f"start:{name}", {}, decide)
+
+    def record_round(self, name: str, command: RecordRound, ctx: Context) -> Result:
+        """Record the next round; a repeat or a gap is a 409."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "record its rounds")
+            require_started(state, "record a round")
+            expected = state.rounds_completed + 1
+            if command.round != expected:
+                raise Conflict(f"task '{name}' expects round {expected}, not {command.round}",
+                               {"expected_round": expected})
+            if command.round > int(state.definition["rounds"]):
+                raise Conflict(f"task '{name}' has only {state.definition['rounds']} rounds")
+            strangers = sorted(set(command.participants) - {m.username for m in state.members})
+            if strangers:
+                raise InvalidInput(f"not participants of task '{name}': {', '.join(strangers)}")
+            if stored_model(session, state.task_id, command.model_sha256) is None:
+                raise Conflict("upload the round's model before recording the round",
+                               {"model_sha256": command.model_sha256})
+            event = RoundCompleted(**command.model_dump())
+            return self._append_and_view(session, state, ctx, event)
+
+        return self._run(ctx, f"round:{name}", command.model_dump(mode="json"), decide)
+
+    def reject_update(self, name: str, command: RecordRejection, ctx: Context) -> Result:
+        """Record an update the aggregator refused."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "record rejected updates")
+            require_started(state, "record a rejected update")
+            return self._append_and_view(session, state, ctx, UpdateRejected(**command.model_dump()))
+
+        return self._run(ctx, f"reject:{name}", command.model_dump(mode="json"), decide)
+
+    def store_model(self, name: str, content: bytes, round: int | None, final: bool,
+                    ctx: Context) -> Result:
+        """Store a model artifact (content-addressed) and record ModelStored."""
+        if not content:
+            raise InvalidInput("the model body is empty")
+        if len(content) > MAX_MODEL_BYTES:
+            raise InvalidInput(f"the model is larger than {MAX_MODEL_BYTES} bytes")
+        digest = hashlib.sha256(content).hexdigest()
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "store its models")
+            require_started(state, "store a model")
+            if stored_model(session, state.task_id, digest) is None:
+                session.conn.execute(
+                    "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (sha256) DO NOTHING",
+                    (digest, state.task_id, len(content), content),
+                )
+            event = ModelStored(model_sha256=digest, size=len(content), round=round, final=final)
+            self._append(session, state, ctx, event)
+            return Result(201, {"sha256": digest, "size": len(content), "round": round,
+                                "final": final})
+
+        return self._run(ctx, f"model:{name}", {"sha256": digest, "round": round}, decide)
+
+    def complete(self, name: str, command: CompleteTask, ctx: Context) -> Result:
+        """Finish the task: every round recorded, the final model stored."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "complete it")
+            require_transition(state, TaskStatus.COMPLETED, "complete")
+            rounds = int(state.definition["rounds"])
+            if state.rounds_completed != rounds:
+                raise Conflict(f"task '{name}' has {state.rounds_completed} of {rounds} rounds")
+            if stored_model(session, state.task_id, command.model_sha256) is None:
+                raise Conflict("upload the final model before completing the task")
+            event = TaskCompleted(model_sha256=command.model_sha256)
+            return self._append_and_view(session, state, ctx, event)
+
+        return self._run(ctx, f"complete:{name}", command.model_dump(), decide)
+
+    def fail(self, name: str, command: FailTask, ctx: Context) -> Result:
+        """Stop the task for good, with the reason."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "fail it")
+            require_transition(state, TaskStatus.FAILED, "fail")
+            return self._append_and_view(session, state, ctx, TaskFailed(reason=command.reason))
+
+        return self._run(ctx, f"fail:{name}", command.model_dump(), decide)
+
+    def _append(self, session: Session, state: TaskState, ctx: Context, event: Event) -> None:
+        session.append(task_stream(state.task_id), state.version, [self._event(ctx, event)])

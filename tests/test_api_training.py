@@ -1,0 +1,179 @@
+"""The aggregator's API commands against a real API process: start, rounds, models, end."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import httpx
+import pytest
+
+from api.client import (
+    ConflictError,
+    MusketeerClient,
+    NotFoundError,
+    PermissionDenied,
+    ValidationFailed,
+)
+from tests.conftest import ApiProcess, unique
+
+pytestmark = pytest.mark.integration
+
+
+def person(api: ApiProcess) -> MusketeerClient:
+    client = MusketeerClient(api.url)
+    name = unique("p")
+    client.register(name, "training-pass", "Org")
+    client.login(name, "training-pass")
+    return client
+
+
+def started_task(api: ApiProcess, rounds: int = 2) -> tuple[MusketeerClient, list[MusketeerClient], str]:
+    alice, john, jack = person(api), person(api), person(api)
+    name = unique("train")
+    alice.create_task(name, {"quorum": 2, "rounds": rounds})
+    john.join(name)
+    jack.join(name)
+    alice.start_task(name)
+    return alice, [john, jack], name
+
+
+def usernames(clients: list[MusketeerClient]) -> list[str]:
+    return [c.me().username for c in clients]
+
+
+def test_start_needs_the_creator_and_the_quorum(api: ApiProcess) -> None:
+    """Only the creator starts, and only once the quorum has joined; then joins close."""
+    alice, john, jack, late = person(api), person(api), person(api), person(api)
+    name = unique("start")
+    alice.create_task(name, {"quorum": 2, "rounds": 1})
+    john.join(name)
+    with pytest.raises(ConflictError, match="quorum"):
+        alice.start_task(name)
+    jack.join(name)
+    with pytest.raises(PermissionDenied):
+        john.start_task(name)
+    started = alice.start_task(name)
+    assert started.status == "STARTED"
+    with pytest.raises(ConflictError):
+        late.join(name)
+    with pytest.raises(ConflictError):
+        alice.start_task(name)
+    events = [e.type for e in alice.task_events(name)]
+    assert events == ["TaskCreated", "ParticipantJoined", "ParticipantJoined", "TaskStarted"]
+
+
+def test_rounds_are_recorded_once_in_order_after_their_model(api: ApiProcess) -> None:
+    """A round needs its stored model; a gap or a repeat is refused; strangers are refused."""
+    alice, members, name = started_task(api)
+    who = usernames(members)
+    model = b"round-one-weights"
+    digest = hashlib.sha256(model).hexdigest()
+    with pytest.raises(ConflictError, match="upload"):
+        alice.record_round(name, 1, participants=who, model_sha256=digest)
+    stored = alice.upload_model(name, model, round=1)
+    assert stored.sha256 == digest and stored.size == len(model)
+    with pytest.raises(ConflictError, match="expects round 1"):
+        alice.record_round(name, 2, participants=who, model_sha256=digest)
+    with pytest.raises(ValidationFailed, match="not participants"):
+        alice.record_round(name, 1, participants=[*who, "mallory"], model_sha256=digest)
+    with pytest.raises(PermissionDenied):
+        members[0].record_round(name, 1, participants=who, model_sha256=digest)
+    alice.record_round(name, 1, participants=who, model_sha256=digest,
+                       samples={who[0]: 10, who[1]: 30}, metrics={"accuracy": 0.5, "loss": 1.2})
+    with pytest.raises(ConflictError, match="expects round 2"):
+        alice.record_round(name, 1, participants=who, model_sha256=digest)
+    rounds = members[1].rounds(name)
+    assert [r.round for r in rounds] == [1]
+    assert rounds[0].metrics == {"accuracy": 0.5, "loss": 1.2}
+    assert rounds[0].samples == {who[0]: 10, who[1]: 30}
+
+
+def test_complete_needs_every_round_and_the_final_model(api: ApiProcess) -> None:
+    """Completion records the final digest; the model downloads with that digest."""
+    alice, members, name = started_task(api, rounds=1)
+    who = usernames(members)
+    final = b"\x00\x01final-model-bytes" * 1000
+    digest = alice.upload_model(name, final, final=True).sha256
+    with pytest.raises(ConflictError, match="0 of 1 rounds"):
+        alice.complete_task(name, digest)
+    alice.record_round(name, 1, participants=who, model_sha256=digest)
+    with pytest.raises(ConflictError, match="upload the final model"):
+        alice.complete_task(name, "ab" * 32)
+    done = alice.complete_task(name, digest)
+    assert done.status == "COMPLETED" and done.model_sha256 == digest
+    got_digest, content = members[0].download_model(name)
+    assert got_digest == digest and content == final
+    outsider = person(api)
+    with pytest.raises(PermissionDenied):
+        outsider.download_model(name)
+    lineage = {m.task: m for m in members[1].models()}[name]
+    assert lineage.model_sha256 == digest and lineage.size == len(final)
+    assert [r.round for r in lineage.rounds] == [1]
+    assert sorted(lineage.participants) == sorted(who)
+    types = [e.type for e in alice.task_events(name)]
+    assert types[-3:] == ["ModelStored", "RoundCompleted", "TaskCompleted"]
+
+
+def test_rejections_and_failure_are_recorded(api: ApiProcess) -> None:
+    """UpdateRejected keeps the reason; TaskFailed ends the task with its reason."""
+    alice, _members, name = started_task(api)
+    alice.reject_update(name, 1, "mallory", "unknown sender", message_id="m-1")
+    failed = alice.fail_task(name, "participant jack missed round 1")
+    assert failed.status == "FAILED" and failed.failure_reason == "participant jack missed round 1"
+    events = alice.task_events(name)
+    rejected = [e for e in events if e.type == "UpdateRejected"][0]
+    assert rejected.data["reason"] == "unknown sender" and rejected.data["sender"] == "mallory"
+    with pytest.raises(ConflictError):
+        alice.fail_task(name, "again")
+    with pytest.raises(NotFoundError):
+        alice.download_model(name)
+
+
+def test_bad_round_bodies_are_422(api: ApiProcess) -> None:
+    """Non-finite metrics and malformed digests never reach the log."""
+    alice, members, name = started_task(api)
+    token = alice.token
+    body: dict[str, Any] = {"round": 1, "participants": usernames(members),
+                            "model_sha256": "not-a-digest"}
+    response = httpx.post(f"{api.url}/v1/tasks/{name}/rounds", json=body,
+                          headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 422 and "model_sha256" in response.json()["message"]
+    body["model_sha256"] = "ab" * 32
+    raw = ('{"round": 1, "participants": [], "model_sha256": "' + "ab" * 32
+           + '", "metrics": {"loss": NaN}}')
+    response = httpx.post(f"{api.url}/v1/tasks/{name}/rounds", content=raw,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == 422
+    empty = httpx.put(f"{api.url}/v1/tasks/{name}/model", content=b"",
+                      headers={"Authorization": f"Bearer {token}"})
+    assert empty.status_code == 422 and "empty" in empty.json()["message"]
+
+
+def test_topics_of_a_finished_task_go_after_the_retention(broker: Any, tmp_path: Any) -> None:
+    """With a zero retention, a completed task's two topics are deleted by the sweeper."""
+    import time
+
+    from streams.topics import TopicAdmin
+    from tests.conftest import drop_database, fresh_database, start_api
+
+    database = fresh_database()
+    process = start_api(database, broker.bootstrap, tmp_path, unique("ret").replace("-", ""),
+                        MUSKETEER_TOPIC_RETENTION_S="0")
+    try:
+        alice, members, name = started_task(process, rounds=1)
+        digest = alice.upload_model(name, b"final", final=True).sha256
+        alice.record_round(name, 1, participants=usernames(members), model_sha256=digest)
+        admin = TopicAdmin(broker.bootstrap)
+        before = alice.get_task(name)
+        topics = [before.topics.broadcast, before.topics.updates]
+        assert all(admin.exists(t) for t in topics)
+        alice.complete_task(name, digest)
+        deadline = time.monotonic() + 20
+        while any(admin.exists(t) for t in topics) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(admin.exists(t) for t in topics), "topics outlived the retention"
+    finally:
+        process.stop()
+        drop_database(database)
