@@ -1,0 +1,44 @@
+"""The in-memory dataset every connector returns, and the errors they raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Local data cannot be used; the message names the file, row, column or option at fault."""
+
+
+class DataWarning(UserWarning):
+    """Local data is usable but not as asked (e.g. fewer samples than the task wants)."""
+
+
+# eq=False: ndarray fields make the generated __eq__ ambiguous; identity is enough.
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Features `x` (float32, one sample per row) and integer labels `y` (int64)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: list[str] | None
+    num_classes: int
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != np.float32 or self.y.dtype != np.int64:
+            raise DataError(f"{self.name}: x must be float32 and y int64, "
+                            f"got {self.x.dtype} and {self.y.dtype}")
+        if len(self.x) != len(self.y) or self.y.ndim != 1:
+            raise DataError(f"{self.name}: {len(self.x)} samples but {len(self.y)} labels")
+        if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise DataError(f"{self.name}: labels must lie in 0..{self.num_classes - 1}, "
+                            f"found {self.y.min()}..{self.y.max()}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: np.ndarray, name: str) -> Dataset:
+        """The samples at `index`, under a new name."""
+        return Dataset(self.x[index], self.y[index], self.feature_names, self.num_classes, name)
