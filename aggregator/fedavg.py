@@ -1,0 +1,90 @@
+"""Sample-weighted federated averaging (FedAvg), folded one update at a time.
+
+The aggregator never holds more than one update: each is checked, added into float64 running
+sums in place, and dropped, so memory is O(model) whatever the number of participants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class UpdateRejected(ValueError):
+    """An update does not fit the model; the message is the reason the daemon records."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """The shape and dtype one weight array must have."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+Template = tuple[ArraySpec, ...]
+
+
+def template_of(weights: Sequence[np.ndarray]) -> Template:
+    """The template (shapes and dtypes) of a model's weights, e.g. `model.get_weights()`."""
+    return tuple(ArraySpec(tuple(w.shape), np.dtype(w.dtype)) for w in weights)
+
+
+def check_update(template: Template, weights: Sequence[np.ndarray]) -> str | None:
+    """Why `weights` cannot be averaged into a model of `template`, or None if it can."""
+    if len(weights) != len(template):
+        return f"expected {len(template)} weight arrays, got {len(weights)}"
+    for index, (spec, array) in enumerate(zip(template, weights)):
+        if not isinstance(array, np.ndarray):
+            return f"array {index} is a {type(array).__name__}, not a numpy array"
+        if array.shape != spec.shape:
+            return f"array {index} has shape {array.shape}, expected {spec.shape}"
+        if array.dtype != spec.dtype:
+            return f"array {index} has dtype {array.dtype}, expected {spec.dtype}"
+        if not np.all(np.isfinite(array)):
+            return f"array {index} holds NaN or infinite values"
+    return None
+
+
+class RunningAverage:
+    """The sample-weighted mean of the updates added so far, without keeping them."""
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        self._sums = [np.zeros(spec.shape, dtype=np.float64) for spec in template]
+        self.count = 0
+        self.total_samples = 0
+
+    def add(self, weights: Sequence[np.ndarray], samples: int) -> None:
+        """Fold one participant's weights, trained on `samples` samples, into the sums."""
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+            raise UpdateRejected(f"sample count must be a positive integer, got {samples!r}")
+        reason = check_update(self.template, weights)
+        if reason is not None:
+            raise UpdateRejected(reason)
+        for total, array in zip(self._sums, weights):
+            # Multiply in float64 (float32 * int would round), then add in place: the only
+            # temporary is one array of the model, freed at once.
+            total += np.multiply(array, float(samples), dtype=np.float64)
+        self.count += 1
+        self.total_samples += int(samples)
+
+    def result(self) -> list[np.ndarray]:
+        """The weighted average, in each array's original dtype (float32 for Keras models)."""
+        if self.count == 0:
+            raise ValueError("no update has been added: nothing to average")
+        return [(total / self.total_samples).astype(spec.dtype)
+                for total, spec in zip(self._sums, self.template)]
+
+
+def weighted_metrics(reports: Sequence[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Each metric's mean over the reports that have it, weighted by their sample counts."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for metrics, samples in reports:
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * samples
+            weights[name] = weights.get(name, 0) + samples
+    return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}

@@ -1,0 +1,110 @@
+"""FedAvg as a running fold: exact weighted mean, constant memory, bad updates named."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from aggregator.fedavg import (
+    RunningAverage,
+    UpdateRejected,
+    check_update,
+    template_of,
+    weighted_metrics,
+)
+
+SHAPES = [(300, 200), (200,), (200, 10), (10,)]
+
+
+def _update(rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.normal(0.0, 1.0, shape).astype(np.float32) for shape in SHAPES]
+
+
+def test_weighted_average_equals_numpy_reference() -> None:
+    """The fold gives sum(n_i * w_i) / sum(n_i) per array, to 1e-6, in float32."""
+    rng = np.random.default_rng(0)
+    updates = [_update(rng) for _ in range(7)]
+    samples = [int(s) for s in rng.integers(1, 5000, len(updates))]
+    fold = RunningAverage(template_of(updates[0]))
+    for weights, n in zip(updates, samples):
+        fold.add(weights, n)
+    result = fold.result()
+    for index, array in enumerate(result):
+        stacked = np.stack([u[index].astype(np.float64) for u in updates])
+        reference = np.average(stacked, axis=0, weights=samples)
+        assert array.dtype == np.float32
+        np.testing.assert_allclose(array, reference, rtol=1e-6, atol=1e-6)
+    assert fold.count == 7 and fold.total_samples == sum(samples)
+
+
+def _peak_while_folding(updates: int) -> int:
+    """Peak traced bytes while folding `updates` updates made (and dropped) one at a time."""
+    rng = np.random.default_rng(1)
+    template = template_of(_update(rng))
+    tracemalloc.start()
+    fold = RunningAverage(template)
+    for _ in range(updates):
+        fold.add(_update(rng), 10)
+    fold.result()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_does_not_grow_with_the_number_of_participants() -> None:
+    """Folding 50 updates peaks within half a model of folding 2: nothing is kept."""
+    model_bytes = sum(int(np.prod(s)) for s in SHAPES) * 4
+    few, many = _peak_while_folding(2), _peak_while_folding(50)
+    assert many - few < 0.5 * model_bytes, (few, many, model_bytes)
+    assert many < 8 * model_bytes  # sums (2x, float64) + one update + temporaries
+
+
+def test_check_update_names_each_kind_of_bad_update() -> None:
+    """Wrong count, shape, dtype, or a NaN/inf value each give a reason; a good one None."""
+    good = _update(np.random.default_rng(2))
+    template = template_of(good)
+    assert check_update(template, good) is None
+    nan, inf = [w.copy() for w in good], [w.copy() for w in good]
+    nan[1][3], inf[2][0, 0] = np.nan, -np.inf
+    cases = {
+        "expected 4 weight arrays, got 3": good[:3],
+        "array 0 has shape (200, 300)": [good[0].T, *good[1:]],
+        "array 3 has dtype float64": [*good[:3], good[3].astype(np.float64)],
+        "array 1 holds NaN": nan,
+        "array 2 holds NaN or infinite": inf,
+        "array 0 is a list": [good[0].tolist(), *good[1:]],
+    }
+    for reason, weights in cases.items():
+        found = check_update(template, weights)
+        assert found is not None and found.startswith(reason), (reason, found)
+
+
+def test_add_refuses_bad_updates_and_sample_counts_without_changing_the_sums() -> None:
+    """A rejected add leaves the fold as it was."""
+    rng = np.random.default_rng(3)
+    good = _update(rng)
+    fold = RunningAverage(template_of(good))
+    fold.add(good, 5)
+    with pytest.raises(UpdateRejected, match="holds NaN"):
+        fold.add([np.full(s, np.nan, np.float32) for s in SHAPES], 5)
+    for samples in (0, -1, 2.5, True):
+        with pytest.raises(UpdateRejected, match="sample count"):
+            fold.add(good, samples)  # type: ignore[arg-type]
+    assert fold.count == 1 and fold.total_samples == 5
+    np.testing.assert_array_equal(fold.result()[0], good[0])
+
+
+def test_empty_fold_has_no_result() -> None:
+    """Averaging nothing is an error, not zeros."""
+    with pytest.raises(ValueError, match="no update"):
+        RunningAverage(template_of(_update(np.random.default_rng(4)))).result()
+
+
+def test_weighted_metrics_weights_by_samples() -> None:
+    """Each metric is averaged over the reports that carry it, weighted by sample count."""
+    merged = weighted_metrics([({"accuracy": 0.5, "loss": 1.0}, 100),
+                               ({"accuracy": 1.0}, 300)])
+    assert merged == {"accuracy": pytest.approx(0.875), "loss": pytest.approx(1.0)}
+    assert weighted_metrics([]) == {}
