@@ -1,0 +1,327 @@
+"""Kafka I/O of whole payloads: a writer that frames and sends, a reader that reassembles.
+
+The writer waits until the broker has acknowledged every frame. The reader
+reads by partition assignment (no consumer group) and turns everything it
+cannot use into a Rejected delivery instead of an exception, so one bad
+message never stops a participant or the aggregator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from streams.config import consumer_config, producer_config
+from streams.errors import BrokerUnavailable, StreamsError
+from streams.framing import Envelope, FrameError, Payload, Reassembler, split
+
+_LOG = logging.getLogger("streams.kafka")
+_UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+                KafkaError._MSG_TIMED_OUT}
+
+# Writer settings on top of producer_config:
+_WRITER_OVERRIDES: dict[str, Any] = {
+    # One frame per record batch: a broker's per-batch limit (Kafka's
+    # max.message.bytes) then sees exactly one frame of at most
+    # MAX_CHUNK_BYTES, however small frames and large ones interleave. It also
+    # keeps tansu 0.6's high watermark right (it reports the base offset of the
+    # last batch + 1, which is wrong for multi-record batches).
+    "batch.num.messages": 1,
+    # librdkafka copies each frame into its queue; 64 MiB (instead of the
+    # 1 GiB default) bounds the writer's memory, and send() waits for room
+    # instead of queueing a whole 200 MB payload at once.
+    "queue.buffering.max.kbytes": 64 * 1024,
+    "logger": _LOG,
+}
+# Reader settings on top of consumer_config:
+_READER_OVERRIDES: dict[str, Any] = {
+    # Room for several 1 MiB frames per partition per fetch, so a large
+    # payload streams in without one round trip per frame.
+    "max.partition.fetch.bytes": 8 * 1024 * 1024,
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    # librdkafka's prefetch queue per reader: it bounds the memory of frames
+    # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
+    "queued.max.messages.kbytes": 64 * 1024,
+    "logger": _LOG,
+}
+# Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
+# values alive in Python at once.
+_CONSUME_BATCH = 16
+# Longest single wait inside poll(): an incomplete payload's expiry is noticed
+# within this, even during a long poll().
+_WAIT_SLICE_S = 0.5
+
+
+# The header list type confluent-kafka declares (lists are invariant).
+_Headers = list[tuple[str, str | bytes | None]]
+
+
+class ProducerLike(Protocol):
+    """The part of confluent_kafka.Producer that PayloadWriter uses."""
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, headers: _Headers,
+                on_delivery: Callable[[KafkaError | None, Message], None]) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+
+class PayloadWriter:
+    """Sends whole payloads to a topic as acknowledged frames."""
+
+    def __init__(self, bootstrap: str, producer: ProducerLike | None = None,
+                 timeout_s: float = 120.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        # librdkafka's own per-frame deadline (default 300 s) follows the
+        # send's, so it does not keep retrying long after send() has failed.
+        # A failed send may still leave some frames on the topic: readers
+        # drop that partial payload when it expires (and a complete one
+        # delivered late is a duplicate, which consumers discard anyway).
+        config = producer_config(bootstrap, **_WRITER_OVERRIDES,
+                                 **{"message.timeout.ms": int(timeout_s * 1000)})
+        self._producer: ProducerLike = producer if producer is not None else Producer(config)
+
+    def send(self, topic: str, *, task_id: str, round: int, kind: str, sender: str,
+             payload: bytes, key: str | None = None) -> str:
+        """Send `payload` in frames keyed by `key` (or sender); return its message id once all are acknowledged."""
+        frames = split(task_id, round, kind, sender, payload)
+        outcome = _Acks()
+        deadline = time.monotonic() + self.timeout_s
+        # One key for every frame: they land on one partition, in order.
+        raw_key = (key or sender).encode("utf-8")
+        for envelope, chunk in frames:
+            if outcome.error is not None:
+                break  # the payload is lost already; do not push the rest of it
+            self._produce(topic, raw_key, envelope, chunk, outcome, deadline)
+        remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        self._raise_unless_acked(topic, outcome, len(frames), remaining)
+        return frames[0][0].message_id
+
+    def _produce(self, topic: str, key: bytes, envelope: Envelope, chunk: memoryview,
+                 outcome: _Acks, deadline: float) -> None:
+        # confluent-kafka takes bytes, not memoryviews: one transient copy of
+        # one chunk, which librdkafka copies again into its queue.
+        value = bytes(chunk)
+        headers: _Headers = list(envelope.to_headers())
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers,
+                                       on_delivery=outcome.record)
+                # Serve delivery callbacks as we go, so acks do not pile up.
+                self._producer.poll(0)
+                return
+            except BufferError:
+                # The local queue is full: wait for the broker to acknowledge
+                # some frames, then try again, until the send's deadline.
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(
+                        f"could not queue frames for topic {topic!r} on broker {self.bootstrap}: "
+                        f"queue still full after {self.timeout_s:g} s") from None
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise StreamsError(f"could not send to topic {topic!r} on broker "
+                                   f"{self.bootstrap}: {exc.args[0]}") from exc
+
+    def _raise_unless_acked(self, topic: str, outcome: _Acks, frames: int, remaining: int) -> None:
+        if remaining == 0 and outcome.acked == frames and outcome.error is None:
+            return
+        where = f"topic {topic!r} on broker {self.bootstrap}"
+        summary = f"{outcome.acked} of {frames} frames acknowledged"
+        error = outcome.error
+        if error is None or error.code() in _UNREACHABLE:
+            raise BrokerUnavailable(f"could not send to {where} within {self.timeout_s:g} s ({summary})")
+        raise StreamsError(f"could not send to {where}: {error.str()} ({summary})")
+
+
+class _Acks:
+    """Delivery reports of one send()."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.error: KafkaError | None = None
+
+    def record(self, error: KafkaError | None, _message: Message) -> None:
+        """on_delivery callback: count an ack or keep the first error."""
+        if error is None:
+            self.acked += 1
+        elif self.error is None:
+            self.error = error
+
+
+@dataclass(frozen=True)
+class Received:
+    """A complete, verified payload; offset is that of the frame that completed it."""
+
+    payload: Payload
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A frame or payload that was refused, and why; offset is that of the frame that showed it."""
+
+    reason: str
+    envelope: Envelope | None
+    topic: str
+    partition: int
+    offset: int
+
+
+Delivery = Received | Rejected
+
+
+@dataclass(frozen=True)
+class _Where:
+    topic: str
+    partition: int
+    offset: int
+
+
+class PayloadReader:
+    """Reads payloads from every partition of some topics, by assignment rather than a group."""
+
+    def __init__(self, bootstrap: str, topics: list[str], *, from_beginning: bool = True,
+                 reassembler: Reassembler | None = None, timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.reassembler = reassembler if reassembler is not None else Reassembler()
+        # Where each pending payload's first frame was read: an expired
+        # payload is reported there.
+        self._first_seen: dict[str, tuple[Envelope, _Where]] = {}
+        self._consumer = Consumer(consumer_config(bootstrap, **_READER_OVERRIDES))
+        self._closed = False
+        try:
+            self._consumer.assign(self._partitions(topics, from_beginning, timeout_s))
+        except BaseException:
+            self._consumer.close()
+            raise
+
+    def _partitions(self, topics: list[str], from_beginning: bool, timeout_s: float) -> list[TopicPartition]:
+        # assign(), not subscribe(): every reader must see every message (a
+        # shared group would split them), and a group join on tansu takes ~23 s.
+        assigned = []
+        for topic in topics:
+            for partition in self._partition_ids(topic, timeout_s):
+                offset = OFFSET_BEGINNING if from_beginning else self._end(topic, partition, timeout_s)
+                assigned.append(TopicPartition(topic, partition, offset))
+        return assigned
+
+    def _partition_ids(self, topic: str, timeout_s: float) -> list[int]:
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        except KafkaException as exc:
+            raise self._translate(exc, f"list partitions of topic {topic!r}", timeout_s) from exc
+        if metadata.error is not None or not metadata.partitions:
+            raise StreamsError(f"topic {topic!r} on broker {self.bootstrap} cannot be read: "
+                               f"{metadata.error or 'no partitions'}")
+        return sorted(metadata.partitions)
+
+    def _end(self, topic: str, partition: int, timeout_s: float) -> int:
+        # The high watermark now, not OFFSET_END: OFFSET_END is resolved at
+        # the first fetch, and would skip what is written in between.
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translate(exc, f"find the end of topic {topic!r}", timeout_s) from exc
+        return int(high)
+
+    def _translate(self, exc: KafkaException, what: str, timeout_s: float) -> StreamsError:
+        error = exc.args[0]
+        if isinstance(error, KafkaError) and error.code() in _UNREACHABLE:
+            return BrokerUnavailable(f"broker at {self.bootstrap} did not answer within "
+                                     f"{timeout_s:g} s (could not {what})")
+        return StreamsError(f"could not {what} on broker {self.bootstrap}: {error}")
+
+    def poll(self, timeout_s: float) -> list[Delivery]:
+        """Deliveries that are ready within `timeout_s`; returns early once there is at least one."""
+        deadline = time.monotonic() + timeout_s
+        deliveries = self._expired()
+        while not deliveries:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for message in self._next_messages(min(remaining, _WAIT_SLICE_S)):
+                deliveries += self._handle(message)
+            deliveries += self._expired()
+        return deliveries
+
+    def _next_messages(self, wait_s: float) -> list[Message]:
+        # consume(n, t) waits until it has n messages or t has passed: wait
+        # for one only, then take whatever else is already fetched.
+        first = self._consumer.consume(1, wait_s)
+        return first + self._consumer.consume(_CONSUME_BATCH - 1, 0) if first else first
+
+    def _handle(self, message: Message) -> list[Delivery]:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise StreamsError(f"reader on broker {self.bootstrap} failed: {error.str()}")
+            # Transient errors (a broker hiccup) are librdkafka's to retry.
+            _LOG.warning("reader on broker %s: %s", self.bootstrap, error.str())
+            return []
+        where = _Where(message.topic() or "", message.partition() or 0, message.offset() or 0)
+        try:
+            envelope = Envelope.from_headers(message.headers())
+        except FrameError as exc:
+            return [_rejected(str(exc), None, where)]
+        return self._add(envelope, message.value(), where)
+
+    def _add(self, envelope: Envelope, value: bytes | None, where: _Where) -> list[Delivery]:
+        message_id = envelope.message_id
+        try:
+            payload = self.reassembler.add(envelope, value if value is not None else b"")
+        except FrameError as exc:
+            return [_rejected(str(exc), envelope, where)]
+        finally:
+            # Keep the first frame's place only while the payload is pending.
+            if self.reassembler.is_pending(message_id):
+                self._first_seen.setdefault(message_id, (envelope, where))
+            else:
+                self._first_seen.pop(message_id, None)
+        if payload is None:
+            return []
+        return [Received(payload, where.topic, where.partition, where.offset)]
+
+    def _expired(self) -> list[Delivery]:
+        rejected: list[Delivery] = []
+        for message_id in self.reassembler.expire():
+            # A reassembler shared with other code may expire ids we never saw.
+            envelope, where = self._first_seen.pop(message_id, (None, _Where("", -1, -1)))
+            reason = (f"message {message_id}: incomplete after {self.reassembler.timeout_s:g} s "
+                      f"without a new chunk; expired")
+            rejected.append(_rejected(reason, envelope, where))
+        return rejected
+
+    def close(self) -> None:
+        """Leave the broker; the reader cannot be used afterwards (closing twice is fine)."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def _rejected(reason: str, envelope: Envelope | None, where: _Where) -> Rejected:
+    return Rejected(reason, envelope, where.topic, where.partition, where.offset)

@@ -1,0 +1,269 @@
+"""Payloads over the real broker: 200 MB in 1 MiB frames, and every bad frame a Rejected, never a crash."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from infra.broker import BrokerProcess, find_free_port
+from streams.config import consumer_config, producer_config
+from streams.errors import BrokerUnavailable, StreamsError
+from streams.framing import MAX_CHUNK_BYTES, Envelope, Reassembler, split
+from streams.topics import TopicAdmin
+from streams.transport import Delivery, PayloadReader, PayloadWriter, Received, Rejected
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+SEND: dict[str, Any] = {"task_id": "task-1", "round": 1, "kind": "weights", "sender": "alice"}
+
+
+@pytest.fixture()
+def topic(broker: BrokerProcess) -> str:
+    """A fresh topic of this test's own: isolation by names, not clean-ups."""
+    name = f"t{uuid.uuid4().hex[:10]}.payloads"
+    TopicAdmin(broker.bootstrap).create([name])
+    return name
+
+
+@pytest.fixture(scope="module")
+def writer(broker: BrokerProcess) -> PayloadWriter:
+    """One writer for the module: its first send pays a connection set-up of about 0.5 s."""
+    return PayloadWriter(broker.bootstrap)
+
+
+@pytest.fixture()
+def reader(broker: BrokerProcess, topic: str) -> Iterator[PayloadReader]:
+    """A reader of the test's topic from its beginning, with a short expiry."""
+    with PayloadReader(broker.bootstrap, [topic], reassembler=Reassembler(timeout_s=1.0)) as reader:
+        yield reader
+
+
+def read_until(reader: PayloadReader, done: Callable[[list[Delivery]], bool],
+               timeout_s: float = 20.0) -> list[Delivery]:
+    """Poll until `done(deliveries so far)` or the timeout; every delivery, in order."""
+    deliveries: list[Delivery] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(deliveries) and time.monotonic() < deadline:
+        deliveries += reader.poll(0.5)
+    return deliveries
+
+
+def received(deliveries: list[Delivery]) -> list[Received]:
+    """The payloads among the deliveries."""
+    return [d for d in deliveries if isinstance(d, Received)]
+
+
+def rejected(deliveries: list[Delivery]) -> list[Rejected]:
+    """The rejections among the deliveries."""
+    return [d for d in deliveries if isinstance(d, Rejected)]
+
+
+def produce_raw(bootstrap: str, topic: str, frames: list[tuple[list[tuple[str, bytes]] | None, bytes]]) -> None:
+    """Write frames exactly as given (headers, value), bypassing PayloadWriter."""
+    producer = Producer(producer_config(bootstrap))
+    for headers, value in frames:
+        producer.produce(topic, value, b"forger", headers=None if headers is None else [*headers])
+    assert producer.flush(15) == 0
+
+
+def forged_frames(payload: bytes, **changes: Any) -> list[tuple[list[tuple[str, bytes]] | None, bytes]]:
+    """The frames of `payload` (1 KiB chunks) as raw (headers, value) pairs."""
+    frames = split(payload=payload, chunk_size=1024, **{**SEND, **changes})
+    return [(envelope.to_headers(), bytes(chunk)) for envelope, chunk in frames]
+
+
+# --- large payloads -----------------------------------------------------------------
+
+
+def test_200_mb_payload_round_trips_in_frames_of_at_most_1_mib(broker: BrokerProcess, topic: str,
+                                                                writer: PayloadWriter) -> None:
+    """A 200 MB payload arrives whole and verified; on the wire no frame exceeds 1 MiB."""
+    payload = np.random.default_rng(200).bytes(200 * MiB)
+    digest = hashlib.sha256(payload).hexdigest()
+
+    message_id = writer.send(topic, payload=payload, **SEND)
+    with PayloadReader(broker.bootstrap, [topic]) as reader:
+        deliveries = read_until(reader, lambda got: bool(got), timeout_s=60)
+
+    assert [type(d) for d in deliveries] == [Received]
+    got = received(deliveries)[0].payload
+    assert got.message_id == message_id and got.payload_sha256 == digest
+    assert hashlib.sha256(got.data).hexdigest() == digest and got.data == payload
+    del got, deliveries
+    frames = wire_frames(broker.bootstrap, topic, expected=-(-len(payload) // MAX_CHUNK_BYTES))
+    assert all(envelope.payload_sha256 == digest for envelope, _ in frames)
+    assert max(length for _, length in frames) <= min(MAX_CHUNK_BYTES, MiB)
+    assert sum(length for _, length in frames) == len(payload)
+
+
+def wire_frames(bootstrap: str, topic: str, expected: int) -> list[tuple[Envelope, int]]:
+    """Every frame on the topic as stored by the broker: its envelope and its value's length."""
+    consumer = Consumer(consumer_config(bootstrap))
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    frames: list[tuple[Envelope, int]] = []
+    deadline = time.monotonic() + 30
+    while len(frames) < expected and time.monotonic() < deadline:
+        for message in consumer.consume(16, 1.0):
+            assert message.error() is None
+            frames.append((Envelope.from_headers(message.headers()), len(message.value() or b"")))
+    consumer.close()
+    assert len(frames) == expected
+    return frames
+
+
+# --- bad frames are Rejected, and the reader goes on ------------------------------------
+
+
+def test_payload_with_a_chunk_corrupted_on_the_wire_is_rejected_not_delivered(
+        broker: BrokerProcess, topic: str, reader: PayloadReader, writer: PayloadWriter) -> None:
+    """One altered chunk: the payload is Rejected for its sha256, and the next payload still arrives."""
+    frames = forged_frames(np.random.default_rng(1).bytes(5000))
+    headers, value = frames[2]
+    frames[2] = (headers, value[:10] + bytes([value[10] ^ 0xFF]) + value[11:])
+    bad_id = Envelope.from_headers(frames[0][0]).message_id
+    produce_raw(broker.bootstrap, topic, frames)
+    good = writer.send(topic, payload=b"good", **SEND)
+
+    deliveries = read_until(reader, lambda got: bool(received(got)))
+
+    assert [d.payload.message_id for d in received(deliveries)] == [good]
+    [refusal] = rejected(deliveries)
+    assert "sha256" in refusal.reason and refusal.envelope is not None
+    assert refusal.envelope.message_id == bad_id and refusal.topic == topic
+
+
+def test_payload_missing_a_chunk_is_rejected_after_the_timeout(
+        broker: BrokerProcess, topic: str, reader: PayloadReader) -> None:
+    """A payload whose chunk never comes is Rejected as expired, pointing at its first frame."""
+    frames = forged_frames(np.random.default_rng(2).bytes(5000))
+    missing_id = Envelope.from_headers(frames[0][0]).message_id
+    produce_raw(broker.bootstrap, topic, frames[:1] + frames[2:])
+
+    deliveries = read_until(reader, lambda got: bool(got), timeout_s=10)
+
+    [refusal] = rejected(deliveries)
+    assert "expired" in refusal.reason and received(deliveries) == []
+    assert refusal.envelope is not None and refusal.envelope.message_id == missing_id
+    assert (refusal.topic, refusal.partition, refusal.offset) == (topic, 0, 0)
+
+
+def test_garbage_without_headers_is_rejected_and_the_reader_goes_on(
+        broker: BrokerProcess, topic: str, reader: PayloadReader, writer: PayloadWriter) -> None:
+    """Bytes with no envelope, or a broken one, are Rejected; the good payload after them arrives."""
+    broken = [(k, b"-1" if k == "round" else v) for k, v in forged_frames(b"x")[0][0] or []]
+    produce_raw(broker.bootstrap, topic, [(None, b"\x00garbage\xff"), (broken, b"x")])
+    good = writer.send(topic, payload=b"after the garbage", **SEND)
+
+    deliveries = read_until(reader, lambda got: bool(received(got)))
+
+    assert [(type(d), d.offset) for d in deliveries] == [(Rejected, 0), (Rejected, 1), (Received, 2)]
+    assert "no envelope headers" in rejected(deliveries)[0].reason
+    assert "round" in rejected(deliveries)[1].reason
+    assert received(deliveries)[0].payload.message_id == good
+    assert received(deliveries)[0].payload.data == b"after the garbage"
+
+
+# --- broadcast semantics ----------------------------------------------------------------
+
+
+def test_two_readers_both_receive_the_same_broadcast(broker: BrokerProcess, topic: str,
+                                                     writer: PayloadWriter) -> None:
+    """Readers assign partitions instead of sharing a group: each one sees every payload."""
+    payload = np.random.default_rng(3).bytes(3 * MiB)
+    with PayloadReader(broker.bootstrap, [topic]) as first, PayloadReader(broker.bootstrap, [topic]) as second:
+        message_id = writer.send(topic, payload=payload, **SEND)
+
+        both = [received(read_until(r, lambda got: bool(got))) for r in (first, second)]
+
+    assert [[d.payload.message_id for d in got] for got in both] == [[message_id], [message_id]]
+    assert both[0][0].payload.data == both[1][0].payload.data == payload
+
+
+def test_reader_from_the_end_sees_only_later_payloads(broker: BrokerProcess, topic: str,
+                                                      writer: PayloadWriter) -> None:
+    """from_beginning=False skips what was written before the reader started, not what comes after."""
+    writer.send(topic, payload=b"before", **SEND)
+    with PayloadReader(broker.bootstrap, [topic], from_beginning=False) as late:
+        after = writer.send(topic, payload=b"after", **SEND)
+
+        deliveries = read_until(late, lambda got: bool(got))
+
+    assert [(d.payload.message_id, d.payload.data) for d in received(deliveries)] == [(after, b"after")]
+
+
+def test_reading_a_missing_topic_fails_naming_it(broker: BrokerProcess) -> None:
+    """A reader on a topic that does not exist fails at once with the topic in the message."""
+    name = f"t{uuid.uuid4().hex[:10]}.never"
+
+    with pytest.raises(StreamsError, match=name):
+        PayloadReader(broker.bootstrap, [name], timeout_s=5)
+
+
+# --- the writer's failures --------------------------------------------------------------
+
+
+def test_send_to_an_unreachable_broker_fails_naming_the_topic() -> None:
+    """No broker: BrokerUnavailable after the writer's timeout, naming topic and address."""
+    address = f"127.0.0.1:{find_free_port()}"
+    unreachable = PayloadWriter(address, timeout_s=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(BrokerUnavailable, match=f"'somewhere'.*{address}"):
+        unreachable.send("somewhere", payload=b"x" * 10, **SEND)
+
+    assert time.monotonic() - started < 5
+
+
+class FakeProducer:
+    """A producer whose queue is full for the first `full` attempts; acks (or fails) on poll/flush."""
+
+    def __init__(self, full: int = 0, error: KafkaError | None = None) -> None:
+        self.full, self.error = full, error
+        self.values: list[bytes] = []
+        self._callbacks: list[Callable[[KafkaError | None, Any], None]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, headers: Any,
+                on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
+        if self.full:
+            self.full -= 1
+            raise BufferError("Local: Queue full")
+        self.values.append(value)
+        self._callbacks.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self.error, None)
+        return len(callbacks)
+
+    def flush(self, timeout: float) -> int:
+        self.poll(timeout)
+        return 0
+
+
+def test_full_local_queue_is_waited_out_not_raised() -> None:
+    """BufferError from produce() makes the writer poll and retry; every frame still goes out."""
+    producer = FakeProducer(full=5)
+    payload = np.random.default_rng(4).bytes(3 * MAX_CHUNK_BYTES)
+
+    PayloadWriter("unused:9092", producer=producer).send("t", payload=payload, **SEND)
+
+    assert b"".join(producer.values) == payload and len(producer.values) == 3
+
+
+def test_frame_the_broker_refuses_fails_the_send_naming_the_topic() -> None:
+    """A negative delivery report for any frame is a StreamsError with the topic and the reason."""
+    producer = FakeProducer(error=KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+
+    with pytest.raises(StreamsError, match="'t'.*0 of 1 frames") as raised:
+        PayloadWriter("unused:9092", producer=producer).send("t", payload=b"x", **SEND)
+
+    assert not isinstance(raised.value, BrokerUnavailable)
