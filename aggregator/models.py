@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from participant.keras_model import (
@@ -26,6 +27,7 @@ from participant.keras_model import (
 
 __all__ = [
     "ModelError",
+    "ModelSpec",
     "build_model",
     "compile_model",
     "confusion_matrix",
@@ -33,10 +35,12 @@ __all__ = [
     "known_models",
     "load_user_model",
     "model_from_json",
+    "model_spec",
     "model_to_json",
 ]
 
 layers = keras.layers
+_Builder = Callable[[tuple[int, ...], int], keras.Model]  # (input shape, classes) -> model
 
 
 def _mnist_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
@@ -54,7 +58,7 @@ def _mnist_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     ], name="mnist_cnn")
 
 
-def _mlp(hidden: Sequence[int], name: str) -> Callable[[tuple[int, ...], int], keras.Model]:
+def _mlp(hidden: Sequence[int], name: str) -> _Builder:
     def build(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
         stack = [keras.Input(shape=input_shape)]
         stack += [layers.Dense(units, activation="relu") for units in hidden]
@@ -63,10 +67,20 @@ def _mlp(hidden: Sequence[int], name: str) -> Callable[[tuple[int, ...], int], k
     return build
 
 
-_REGISTRY: dict[str, Callable[[tuple[int, ...], int], keras.Model]] = {
-    "mnist-cnn": _mnist_cnn,
-    "digits-mlp": _mlp((64, 32), "digits_mlp"),    # 64 pixel features, 10 classes
-    "welding-mlp": _mlp((32, 16), "welding_mlp"),  # 4 standardised features, 4 classes
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry model's name and the input shape and class count of the data it is for."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+_REGISTRY: dict[str, tuple[ModelSpec, _Builder]] = {
+    "mnist-cnn": (ModelSpec("mnist-cnn", (28, 28, 1), 10), _mnist_cnn),
+    "digits-mlp": (ModelSpec("digits-mlp", (64,), 10), _mlp((64, 32), "digits_mlp")),
+    # 4 standardised features (WELCNT, WDRSCNT, WELR, WELCUR1_S), 4 WCLSRES classes
+    "welding-mlp": (ModelSpec("welding-mlp", (4,), 4), _mlp((32, 16), "welding_mlp")),
 }
 
 
@@ -75,17 +89,23 @@ def known_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int,
-                learning_rate: float) -> keras.Model:
-    """A fresh, compiled model from the registry."""
+def model_spec(name: str) -> ModelSpec:
+    """The input shape and class count a registry model is meant for."""
     if name not in _REGISTRY:
         raise ModelError(f"unknown model {name!r} (known: {', '.join(known_models())})")
+    return _REGISTRY[name][0]
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int,
+                learning_rate: float) -> keras.Model:
+    """A fresh, compiled model from the registry (any input shape and class count it takes)."""
+    model_spec(name)  # raises for an unknown name
     shape = tuple(int(d) for d in input_shape)
     if num_classes < 2 or learning_rate <= 0 or not shape or min(shape) < 1:
         raise ModelError(f"{name}: needs num_classes >= 2, learning_rate > 0 and a positive "
                          f"input shape (got {num_classes}, {learning_rate}, {shape})")
     try:
-        model = _REGISTRY[name](shape, num_classes)
+        model = _REGISTRY[name][1](shape, num_classes)
     except ValueError as error:  # e.g. images too small for the CNN's kernels
         raise ModelError(f"{name} cannot take input shape {shape}: {error}") from error
     return compile_model(model, learning_rate)

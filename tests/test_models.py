@@ -11,6 +11,7 @@ import pytest
 
 from aggregator.models import (
     ModelError,
+    ModelSpec,
     build_model,
     confusion_matrix,
     evaluate,
@@ -18,6 +19,7 @@ from aggregator.models import (
     known_models,
     load_user_model,
     model_from_json,
+    model_spec,
     model_to_json,
 )
 from participant.data import load_dataset, split_and_sample
@@ -28,8 +30,12 @@ SHAPES = {"mnist-cnn": ((28, 28, 1), 10), "digits-mlp": ((64,), 10), "welding-ml
 
 
 def test_registry_lists_the_models_tests_cover() -> None:
-    """Every registry name has a shape here, so every model gets built below."""
+    """Every registry name has a spec matching the shapes here, so every model is built below."""
     assert known_models() == sorted(SHAPES)
+    for name, (shape, classes) in SHAPES.items():
+        assert model_spec(name) == ModelSpec(name, shape, classes)
+    with pytest.raises(ModelError, match="unknown model 'resnet'"):
+        model_spec("resnet")
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
