@@ -3,7 +3,8 @@
 `musketeer platform up` writes it; the CLI, the Python client and the daemons
 read it. Lookup order: `MUSKETEER_PROFILE`, then `./.musketeer/profile.json`,
 then `~/.musketeer/profile.json`. Environment variables (`MUSKETEER_API_URL`,
-`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`) win over what the file says.
+`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `MUSKETEER_TOPIC_PREFIX`) win over what the
+file says.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Profile:
             os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or profile.kafka_bootstrap_servers
         )
         profile.database_url = os.environ.get("DATABASE_URL") or profile.database_url
+        profile.topic_prefix = os.environ.get("MUSKETEER_TOPIC_PREFIX") or profile.topic_prefix
         return profile
 
     def save(self, path: Path) -> None:

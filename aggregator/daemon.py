@@ -1,0 +1,393 @@
+"""The aggregator daemon: waits for the quorum, broadcasts, folds updates (FedAvg), records rounds.
+
+One process per task, run by the task's creator (`musketeer aggregate TASK`).
+Every round is recorded through the API with its model stored first, so the log
+always names a model that exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from api.client import MusketeerClient, Task
+from api.profile import Profile
+from schema import dataplane
+from schema.dataplane import ModelMeta, StatsMeta, UpdateMeta
+from streams.codec import ArrayBundle, CodecError, decode_bundle, encode_bundle
+from streams.events import EventFeed
+from streams.transport import PayloadReader, PayloadWriter, Received, Rejected
+
+Progress = Callable[[str], None]
+
+
+class AggregationFailed(RuntimeError):
+    """Training cannot go on; the message is recorded as the task's failure reason."""
+
+
+@dataclass
+class AggregatorOptions:
+    """How the aggregator runs a task."""
+
+    eval_data: str | None = None
+    eval_data_dir: str | None = None
+    eval_shard: str | None = None
+    model_file: str | None = None
+    round_timeout_s: float = 900.0
+    quorum_timeout_s: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class RoundResult:
+    """What one round produced."""
+
+    round: int
+    participants: list[str]
+    samples: dict[str, int]
+    metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    model_sha256: str
+    duration_s: float
+    rejected: list[str] = field(default_factory=list)
+
+
+def model_payload(meta: ModelMeta, weights: list[np.ndarray]) -> bytes:
+    """A self-contained model: architecture and training settings in meta, weights as arrays."""
+    arrays = {f"w{i:03d}": np.ascontiguousarray(w) for i, w in enumerate(weights)}
+    return encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump()))
+
+
+def weights_of(bundle: ArrayBundle) -> list[np.ndarray]:
+    """The weights of a model bundle, in layer order."""
+    return [bundle.arrays[name] for name in sorted(bundle.arrays)]
+
+
+class Aggregator:
+    """Runs one task from quorum to final model."""
+
+    def __init__(self, client: MusketeerClient, profile: Profile, task_name: str,
+                 options: AggregatorOptions, progress: Progress = print) -> None:
+        if not profile.kafka_bootstrap_servers:
+            raise AggregationFailed("no broker address: run `musketeer platform up` or set "
+                                    "KAFKA_BOOTSTRAP_SERVERS")
+        self.client = client
+        self.bootstrap = profile.kafka_bootstrap_servers
+        self.events_topic = f"{profile.topic_prefix}.events"
+        self.name = task_name
+        self.options = options
+        self.progress = progress
+        self.results: list[RoundResult] = []
+        self._task_id = ""
+        # Global feature statistics, when the task standardises (seed §3.4.2).
+        self._mean: np.ndarray | None = None
+        self._std: np.ndarray | None = None
+
+    # -- the run
+
+    def run(self) -> list[RoundResult]:
+        """Train the task to the end; on an unrecoverable error record TaskFailed and re-raise."""
+        task = self.client.get_task(self.name)
+        me = self.client.me().username
+        if task.creator != me:
+            raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
+                                    "creator runs its aggregator")
+        writer = PayloadWriter(self.bootstrap)
+        try:
+            task = self._wait_for_quorum(task)
+            if task.status == "CREATED":
+                task = self.client.start_task(self.name)
+            if task.status != "STARTED":
+                raise AggregationFailed(f"task '{self.name}' is {task.status}; nothing to run")
+            self._train(task, writer)
+        except BaseException as error:
+            reason = _reason(error)
+            self._give_up(task, writer, reason)
+            raise
+        return self.results
+
+    def _train(self, task: Task, writer: PayloadWriter) -> None:
+        participants = sorted(p.username for p in task.participants)
+        self._task_id = task.task_id
+        self.progress(f"task {task.name}: training with {', '.join(participants)}")
+        with PayloadReader(self.bootstrap, [task.topics.updates]) as updates:
+            if dataplane.wants_standardisation(task.definition):
+                self._standardise(task, writer, updates, participants)
+            model, meta, evaluation = self._build(task)
+            weights = [np.asarray(w) for w in model.get_weights()]
+            self._broadcast(task, writer, dataplane.ARCHITECTURE, 0, model_payload(meta, weights))
+            for round_no in range(1, meta.rounds + 1):
+                payload = model_payload(meta, weights)
+                self._broadcast(task, writer, dataplane.WEIGHTS, round_no, payload)
+                weights, result = self._round(task, updates, participants, meta, weights,
+                                              round_no, model, evaluation)
+                self.results.append(result)
+            final = model_payload(meta, weights)
+            self._broadcast(task, writer, dataplane.FINAL, meta.rounds, final)
+            stored = self.client.upload_model(self.name, final, final=True)
+            self.client.complete_task(self.name, stored.sha256)
+            self.progress(f"task {task.name}: COMPLETED, final model sha256 {stored.sha256[:12]}…")
+
+    # -- quorum and start
+
+    def _wait_for_quorum(self, task: Task) -> Task:
+        """Wait until enough participants joined, woken by ParticipantJoined events."""
+        quorum = int(task.quorum or task.definition.get("quorum", 1))
+        if task.status != "CREATED" or task.participant_count >= quorum:
+            return task
+        self.progress(f"task {task.name}: waiting for the quorum "
+                      f"({task.participant_count}/{quorum} joined)")
+        deadline = _deadline(self.options.quorum_timeout_s)
+        stream = f"task-{task.task_id}"
+        with EventFeed(self.bootstrap, self.events_topic) as feed:
+            while True:
+                events = feed.poll(timeout_s=2.0)
+                # The API is the truth; events only wake us (and a restart has none to replay).
+                if any(e.stream_id == stream for e in events) or not events:
+                    task = self.client.get_task(self.name)
+                    if task.status != "CREATED" or task.participant_count >= quorum:
+                        self.progress(f"task {task.name}: quorum reached "
+                                      f"({task.participant_count}/{quorum})")
+                        return task
+                if time.monotonic() > deadline:
+                    raise AggregationFailed(f"quorum not reached: {task.participant_count} of "
+                                            f"{quorum} participants joined")
+
+    # -- model and evaluation data
+
+    def _build(self, task: Task) -> tuple[Any, ModelMeta, Any]:
+        from aggregator.models import build_model, load_user_model, model_spec
+        from participant.keras_model import compile_model, model_to_json
+
+        definition = task.definition
+        learning_rate = float(definition.get("learning_rate", 0.001))
+        if self.options.model_file:
+            model = compile_model(load_user_model(self.options.model_file), learning_rate)
+            name, input_shape = "user", list(model.input_shape[1:])
+            num_classes = int(model.output_shape[-1])
+        else:
+            name = str(definition.get("model") or "")
+            if not name:
+                raise AggregationFailed("the definition names no model: add \"model\" "
+                                        "(e.g. mnist-cnn, digits-mlp, welding-mlp) or pass --model")
+            spec = model_spec(name)
+            input_shape, num_classes = list(spec.input_shape), spec.num_classes
+            model = build_model(name, input_shape=tuple(input_shape), num_classes=num_classes,
+                                learning_rate=learning_rate)
+        meta = ModelMeta(architecture=model_to_json(model), model=name, input_shape=input_shape,
+                         num_classes=num_classes, learning_rate=learning_rate,
+                         epochs=int(definition.get("epochs", 1)),
+                         batch_size=int(definition.get("batch_size", 32)),
+                         rounds=int(definition["rounds"]))
+        return model, meta, self._evaluation_data(task, input_shape)
+
+    def _evaluation_data(self, task: Task, input_shape: list[int]) -> Any:
+        if not self.options.eval_data:
+            return None
+        from participant.data import load_dataset
+        from participant.prepare import prepare
+
+        dataset = load_dataset(self.options.eval_data, data_dir=self.options.eval_data_dir,
+                               shard=self.options.eval_shard, seed=self.options.seed)
+        return prepare(dataset, input_shape, self._mean, self._std)
+
+    # -- federated standardisation (seed §3.4.2)
+
+    def _standardise(self, task: Task, writer: PayloadWriter, updates: PayloadReader,
+                     participants: list[str]) -> None:
+        from participant.standardise import Moments, combine
+
+        self.progress(f"task {task.name}: collecting feature statistics for standardisation")
+        moments: dict[str, Moments] = {}
+        deadline = _deadline(self.options.round_timeout_s)
+        while len(moments) < len(participants):
+            for delivery in updates.poll(1.0):
+                bundle = self._accept(delivery, 0, dataplane.STATS, participants, moments)
+                if bundle is None:
+                    continue
+                sender, meta_raw = bundle
+                try:
+                    meta = StatsMeta.model_validate(meta_raw.meta)
+                    sums = np.asarray(meta_raw.arrays["sums"], dtype=np.float64)
+                    sums_sq = np.asarray(meta_raw.arrays["sums_sq"], dtype=np.float64)
+                except (ValueError, KeyError) as exc:
+                    self._reject(0, sender, f"malformed statistics: {exc}", None)
+                    continue
+                if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(sums_sq))):
+                    self._reject(0, sender, "non-finite statistics", None)
+                    continue
+                moments[sender] = Moments(count=meta.count, sums=sums, sums_sq=sums_sq)
+            self._check_deadline(deadline, participants, moments, 0)
+        mean, std = combine([moments[p] for p in sorted(moments)])
+        self._mean, self._std = mean, std
+        payload = encode_bundle(ArrayBundle(arrays={"mean": mean, "std": std}, meta={}))
+        self._broadcast(task, writer, dataplane.STANDARDISE, 0, payload)
+        self.progress(f"task {task.name}: broadcast global mean and std of "
+                      f"{sum(m.count for m in moments.values())} samples")
+
+    # -- one round
+
+    def _round(self, task: Task, updates: PayloadReader, participants: list[str],
+               meta: ModelMeta, weights: list[np.ndarray], round_no: int, model: Any,
+               evaluation: Any) -> tuple[list[np.ndarray], RoundResult]:
+        from aggregator.fedavg import RunningAverage, check_update, template_of, weighted_metrics
+
+        started = time.monotonic()
+        template = template_of(weights)
+        average = RunningAverage(template)
+        samples: dict[str, int] = {}
+        reports: list[tuple[dict[str, float], int]] = []
+        deadline = _deadline(self.options.round_timeout_s)
+        while len(samples) < len(participants):
+            for delivery in updates.poll(1.0):
+                accepted = self._accept(delivery, round_no, dataplane.UPDATE, participants, samples)
+                if accepted is None:
+                    continue
+                sender, bundle = accepted
+                try:
+                    update_meta = UpdateMeta.model_validate(bundle.meta)
+                except ValueError as exc:
+                    self._reject(round_no, sender, f"malformed update metadata: {_first_line(exc)}",
+                                 None)
+                    continue
+                update = weights_of(bundle)
+                problem = check_update(template, update)
+                if problem:
+                    self._reject(round_no, sender, problem, None)
+                    continue
+                # Folded at once: memory stays one model, however many participants.
+                average.add(update, update_meta.samples)
+                samples[sender] = update_meta.samples
+                reports.append((update_meta.metrics, max(update_meta.test_samples, 1)))
+            self._check_deadline(deadline, participants, samples, round_no)
+        new_weights = average.result()
+        metrics = weighted_metrics(reports)
+        eval_metrics: dict[str, float] = {}
+        if evaluation is not None:
+            from participant.keras_model import evaluate
+
+            model.set_weights(new_weights)
+            eval_metrics = evaluate(model, evaluation)
+        payload = model_payload(meta, new_weights)
+        stored = self.client.upload_model(self.name, payload, round=round_no)
+        duration = time.monotonic() - started
+        who = sorted(samples)
+        self.client.record_round(self.name, round_no, participants=who,
+                                 model_sha256=stored.sha256, samples=samples, metrics=metrics,
+                                 eval_metrics=eval_metrics, duration_s=round(duration, 3))
+        self.progress(_round_line(task.name, round_no, meta.rounds, metrics, eval_metrics, duration))
+        return new_weights, RoundResult(round_no, who, samples, metrics, eval_metrics,
+                                        stored.sha256, duration)
+
+    def _accept(self, delivery: Received | Rejected, round_no: int, kind: str,
+                participants: list[str], done: dict[str, Any]) -> tuple[str, ArrayBundle] | None:
+        """The sender and bundle of a valid message for this step; anything else is recorded."""
+        if isinstance(delivery, Rejected):
+            sender = delivery.envelope.sender if delivery.envelope else "unknown"
+            envelope_round = delivery.envelope.round if delivery.envelope else round_no
+            message_id = delivery.envelope.message_id if delivery.envelope else None
+            self._reject(envelope_round, sender, delivery.reason, message_id)
+            return None
+        payload = delivery.payload
+        problem = _envelope_problem(payload, self._task_id, round_no, kind, participants, done)
+        if problem:
+            self._reject(payload.round, payload.sender, problem, payload.message_id)
+            return None
+        try:
+            return payload.sender, decode_bundle(payload.data)
+        except CodecError as exc:
+            self._reject(round_no, payload.sender, f"undecodable payload: {exc}", payload.message_id)
+            return None
+
+    def _reject(self, round_no: int, sender: str, reason: str, message_id: str | None) -> None:
+        self.progress(f"  rejected an update from {sender} (round {round_no}): {reason}")
+        self.client.reject_update(self.name, max(round_no, 0), sender[:200] or "unknown",
+                                  reason[:2000], message_id)
+
+    def _check_deadline(self, deadline: float, participants: list[str], done: dict[str, Any],
+                        round_no: int) -> None:
+        if time.monotonic() > deadline:
+            missing = ", ".join(p for p in participants if p not in done)
+            raise AggregationFailed(f"round {round_no} timed out after "
+                                    f"{self.options.round_timeout_s:g} s waiting for {missing}")
+
+    # -- broadcasting and giving up
+
+    def _broadcast(self, task: Task, writer: PayloadWriter, kind: str, round_no: int,
+                   payload: bytes) -> None:
+        writer.send(task.topics.broadcast, task_id=task.task_id, round=round_no, kind=kind,
+                    sender=task.creator, payload=payload, key=task.creator)
+
+    def _give_up(self, task: Task, writer: PayloadWriter, reason: str) -> None:
+        """Tell participants to stop and record TaskFailed; best effort, never masks the error."""
+        for attempt in (self._stop_broadcast, self._record_failure):
+            try:
+                attempt(task, writer, reason)
+            except Exception as exc:  # noqa: BLE001 - the original error is what matters
+                self.progress(f"  (could not {attempt.__name__.strip('_').replace('_', ' ')}: {exc})")
+
+    def _stop_broadcast(self, task: Task, writer: PayloadWriter, reason: str) -> None:
+        payload = encode_bundle(ArrayBundle(arrays={}, meta={"reason": reason}))
+        writer.send(task.topics.broadcast, task_id=task.task_id, round=0, kind=dataplane.STOP,
+                    sender=task.creator, payload=payload, key=task.creator)
+
+    def _record_failure(self, task: Task, writer: PayloadWriter, reason: str) -> None:
+        current = self.client.get_task(self.name)
+        if current.status in ("CREATED", "STARTED"):
+            self.client.fail_task(self.name, reason)
+            self.progress(f"task {task.name}: FAILED: {reason}")
+
+
+def _envelope_problem(payload: Any, task_id: str, round_no: int, kind: str,
+                      participants: list[str], done: dict[str, Any]) -> str | None:
+    if task_id and payload.task_id != task_id:
+        return f"message for another task ({payload.task_id})"
+    if payload.sender not in participants:
+        return f"unknown sender '{payload.sender}' (not a participant of this task)"
+    if payload.kind != kind:
+        return f"unexpected message kind '{payload.kind}' (expected '{kind}')"
+    if payload.round < round_no:
+        return f"stale update for round {payload.round} (now round {round_no})"
+    if payload.round > round_no:
+        return f"update for future round {payload.round} (now round {round_no})"
+    if payload.sender in done:
+        return f"duplicate update from {payload.sender} for round {round_no}"
+    return None
+
+
+def _round_line(name: str, round_no: int, rounds: int, metrics: dict[str, float],
+                eval_metrics: dict[str, float], duration: float) -> str:
+    parts = [f"task {name}: round {round_no}/{rounds}"]
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}")
+    if "accuracy" in metrics:
+        parts.append(f"accuracy {metrics['accuracy']:.4f}")
+    if "accuracy" in eval_metrics:
+        parts.append(f"eval accuracy {eval_metrics['accuracy']:.4f}")
+    parts.append(f"{duration:.1f} s")
+    return ", ".join(parts)
+
+
+def _deadline(timeout_s: float | None) -> float:
+    return time.monotonic() + timeout_s if timeout_s else float("inf")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "the aggregator was interrupted"
+    return f"{type(error).__name__}: {_first_line(error)}" if not isinstance(
+        error, AggregationFailed) else str(error)
+
+
+def sha256_hex(data: bytes) -> str:
+    """The hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,54 @@
+"""`musketeer participate [TASK]`: train joined tasks on local data that never leaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api import cli_output as show
+from api.client import ClientError, MusketeerClient
+from api.profile import Profile
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `participate` command to the console script."""
+    app.command("participate")(participate)
+
+
+def participate(
+    task: Annotated[str | None, typer.Argument(
+        help="Run this one task and exit; without it, serve every joined task as it starts.")] = None,
+    dataset: Annotated[str, typer.Option(
+        help="Local data: digits, mnist[:PATH], welding, npz:FILE, csv:FILE.")] = "digits",
+    data_dir: Annotated[str | None, typer.Option(help="Folder the local data lives in.")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Use only part i/n of the data (1-based), e.g. 1/3; for demos on one dataset.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column of a CSV file.")] = None,
+    robot: Annotated[str | None, typer.Option(help="Welding data: the site, FPS2 or FPD2.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling the local train/test split.")] = 0,
+    output: Annotated[Path, typer.Option(help="Where final models are saved.")] = Path("models"),
+    api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
+) -> None:
+    """Train every round of the tasks you joined and save each final model under --output."""
+    from participant.daemon import DataOptions, ParticipantDaemon, TaskStopped
+    from participant.dataset import DataError
+
+    options = {"label_column": label_column, "robot": robot}
+    data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,
+                       options={k: v for k, v in options.items() if v is not None})
+    try:
+        client = MusketeerClient.from_profile(api_url=api_url)
+        daemon = ParticipantDaemon(client, Profile.load(), data, output, only=task,
+                                   progress=show.out().print)
+        code = daemon.run()
+    except ClientError as exc:
+        show.print_client_error(exc)
+        raise typer.Exit(1) from None
+    except (TaskStopped, DataError, ValueError, OSError) as exc:
+        show.print_failure(str(exc))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)

@@ -1,0 +1,70 @@
+"""The federated-training protocol over a task's two topics: message kinds and their metadata.
+
+Broadcast topic (aggregator → every participant, written once, read by all):
+  `standardise` round 0   global per-feature mean and std (arrays "mean", "std")
+  `architecture` round 0  Keras architecture JSON in meta, initial weights as arrays
+  `weights` round r       the model every participant trains in round r
+  `final` round R         the final model
+  `stop` any round        the task failed or was stopped; meta {"reason"}
+Updates topic (participant → aggregator, keyed by participant):
+  `stats` round 0         per-feature "sums", "sums_sq" arrays and meta {"count"}
+  `update` round r        trained weights, meta {"samples", "metrics", "test_samples"}
+
+Payloads are `streams.codec` bundles (arrays plus a JSON manifest): data, never code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STANDARDISE = "standardise"
+ARCHITECTURE = "architecture"
+WEIGHTS = "weights"
+FINAL = "final"
+STOP = "stop"
+STATS = "stats"
+UPDATE = "update"
+
+BROADCAST_KINDS = frozenset({STANDARDISE, ARCHITECTURE, WEIGHTS, FINAL, STOP})
+UPDATE_KINDS = frozenset({STATS, UPDATE})
+
+
+class ModelMeta(BaseModel):
+    """What travels with the architecture: how to rebuild and train the model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    architecture: str = Field(description="Keras model JSON")
+    model: str = Field(description="registry name, or 'user' for a --model file")
+    input_shape: list[int]
+    num_classes: int
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    rounds: int
+
+
+class UpdateMeta(BaseModel):
+    """What travels with a participant's update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(ge=1, description="local training samples behind this update")
+    test_samples: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class StatsMeta(BaseModel):
+    """What travels with a participant's feature statistics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1)
+
+
+def wants_standardisation(definition: dict[str, Any]) -> bool:
+    """Whether the task's definition asks for federated standardisation (seed §3.4.2)."""
+    value = definition.get("standardise", definition.get("normalization", False))
+    return value is True or value in ("global", "federated", "standard", "z-score")
