@@ -256,7 +256,7 @@ class Aggregator:
                                  None)
                     continue
                 update = weights_of(bundle)
-                problem = check_update(template, update)
+                problem = check_update(template, update) or _metrics_problem(update_meta)
                 if problem:
                     self._reject(round_no, sender, problem, None)
                     continue
@@ -358,6 +358,11 @@ def _envelope_problem(payload: Any, task_id: str, round_no: int, kind: str,
     if payload.sender in done:
         return f"duplicate update from {payload.sender} for round {round_no}"
     return None
+
+
+def _metrics_problem(meta: UpdateMeta) -> str | None:
+    bad = sorted(k for k, v in meta.metrics.items() if not np.isfinite(v))
+    return f"non-finite local metrics: {', '.join(bad)}" if bad else None
 
 
 def _round_line(name: str, round_no: int, rounds: int, metrics: dict[str, float],

@@ -12,7 +12,8 @@ from participant.standardise import Moments, apply, local_moments
 
 def flat_features(dataset: Dataset) -> np.ndarray:
     """One row of features per sample, whatever the stored shape (images become pixels)."""
-    return dataset.x.reshape(len(dataset.x), -1)
+    # Explicit width: reshape(0, -1) is ambiguous for an empty split.
+    return dataset.x.reshape(len(dataset.x), prod(dataset.x.shape[1:]))
 
 
 def feature_moments(dataset: Dataset) -> Moments:
