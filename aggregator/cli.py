@@ -24,6 +24,8 @@ def aggregate(
     eval_data_dir: Annotated[str | None, typer.Option(help="Folder the eval data lives in.")] = None,
     eval_shard: Annotated[str | None, typer.Option(
         help="Use only part i/n of the eval data (e.g. 4/4 when participants use 1/4..3/4).")] = None,
+    eval_seed: Annotated[int, typer.Option(
+        help="Seed of generated eval data (welding): use one the participants do not.")] = 0,
     model: Annotated[str | None, typer.Option(
         help="A Keras model file (.keras) to train instead of the definition's registry model.")] = None,
     round_timeout: Annotated[float, typer.Option(
@@ -36,7 +38,7 @@ def aggregate(
     from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
 
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,
-                                eval_shard=eval_shard, model_file=model,
+                                eval_shard=eval_shard, model_file=model, seed=eval_seed,
                                 round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout)
     try:
         client = MusketeerClient.from_profile(api_url=api_url)

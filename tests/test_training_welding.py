@@ -1,0 +1,67 @@
+"""The seed's smart-manufacturing use case (§3.4): two robots, federated standardisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from schema import dataplane
+from streams.codec import decode_bundle
+from streams.transport import PayloadReader, Received
+from tests.conftest import ApiProcess, unique
+from tests.training_support import daemon_env, member, spawn, wait_all
+
+pytestmark = pytest.mark.integration
+
+
+def broadcast_statistics(bootstrap: str, topic: str) -> tuple[np.ndarray, np.ndarray]:
+    """The global mean and std the aggregator broadcast."""
+    with PayloadReader(bootstrap, [topic]) as reader:
+        for _ in range(40):
+            for delivery in reader.poll(0.5):
+                if isinstance(delivery, Received) and delivery.payload.kind == dataplane.STANDARDISE:
+                    bundle = decode_bundle(delivery.payload.data)
+                    return np.array(bundle.arrays["mean"]), np.array(bundle.arrays["std"])
+    raise AssertionError("no standardisation broadcast on the topic")
+
+
+def test_welding_trains_federated_with_global_standardisation(
+    api: ApiProcess, broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    """FPS2 and FPD2 share moments, not data; the broadcast mean/std equal numpy's on both."""
+    from participant.data import load_dataset, split_and_sample
+
+    alice, fps2, fpd2 = member(api, "alice"), member(api, "fps2"), member(api, "fpd2")
+    name = unique("welding")
+    definition = {"quorum": 2, "rounds": 3, "epochs": 5, "batch_size": 32,
+                  "learning_rate": 0.01, "training_size": 1500, "test_size": 300,
+                  "model": "welding-mlp", "standardise": True}
+    task = alice.client.create_task(name, definition)
+    fps2.client.join(name)
+    fpd2.client.join(name)
+    logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", "FPS2", "FPD2")}
+    processes = {"aggregator": spawn(
+        ["aggregate", name, "--eval-data", "welding", "--eval-seed", "7", "--round-timeout", "300"],
+        daemon_env(api, alice, broker.bootstrap, topic_prefix), logs["aggregator"])}
+    for robot, who in (("FPS2", fps2), ("FPD2", fpd2)):
+        processes[robot] = spawn(["participate", name, "--dataset", "welding", "--robot", robot,
+                                  "--output", str(tmp_path / robot)],
+                                 daemon_env(api, who, broker.bootstrap, topic_prefix), logs[robot])
+    wait_all(processes, logs, timeout_s=400)
+
+    # The statistics the aggregator broadcast equal numpy's on the concatenated training data.
+    mean, std = broadcast_statistics(broker.bootstrap, task.topics.broadcast)
+    parts = [split_and_sample(load_dataset("welding", robot=robot), 1500, 300, 0)[0].x
+             for robot in ("FPS2", "FPD2")]
+    everything = np.concatenate(parts).astype(np.float64)
+    np.testing.assert_allclose(mean, everything.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(std, everything.std(axis=0), rtol=1e-9)
+    assert std.max() / std.min() > 100, "features should be on very different scales"
+
+    rounds = alice.client.rounds(name)
+    assert [r.round for r in rounds] == [1, 2, 3]
+    assert rounds[-1].eval_metrics["accuracy"] >= 0.80
+    assert alice.client.get_task(name).status == "COMPLETED"
