@@ -183,7 +183,10 @@ class Aggregator:
                          num_classes=num_classes, learning_rate=learning_rate,
                          epochs=int(definition.get("epochs", 1)),
                          batch_size=int(definition.get("batch_size", 32)),
-                         rounds=int(definition["rounds"]))
+                         rounds=int(definition["rounds"]),
+                         # The model is only usable with the inputs it was trained on.
+                         feature_mean=None if self._mean is None else self._mean.tolist(),
+                         feature_std=None if self._std is None else self._std.tolist())
         return model, meta, self._evaluation_data(task, input_shape)
 
     def _evaluation_data(self, task: Task, input_shape: list[int]) -> Any:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 
-from api.domain import TaskState, task_stream
+from api.domain import TaskState
 from api.errors import Conflict, Forbidden, InvalidInput
 from api.handlers import Commands, Context, Result, load_task, require_transition
 from api.store import Session
 from schema.commands import CompleteTask, FailTask, RecordRejection, RecordRound
 from schema.events import (
-    Event,
-    ModelStored,
     RoundCompleted,
     TaskCompleted,
     TaskFailed,
@@ -105,7 +103,11 @@ class TrainingCommands(Commands):
 
     def store_model(self, name: str, content: bytes, round: int | None, final: bool,
                     ctx: Context) -> Result:
-        """Store a model artifact (content-addressed) and record ModelStored."""
+        """Store a model artifact, content-addressed; the log names it by digest later.
+
+        No event is recorded here: an artifact is a blob, and it becomes part of the
+        history only when a RoundCompleted or TaskCompleted names its digest.
+        """
         if not content:
             raise InvalidInput("the model body is empty")
         if len(content) > MAX_MODEL_BYTES:
@@ -122,8 +124,6 @@ class TrainingCommands(Commands):
                     " ON CONFLICT (sha256) DO NOTHING",
                     (digest, state.task_id, len(content), content),
                 )
-            event = ModelStored(model_sha256=digest, size=len(content), round=round, final=final)
-            self._append(session, state, ctx, event)
             return Result(201, {"sha256": digest, "size": len(content), "round": round,
                                 "final": final})
 
@@ -156,6 +156,3 @@ class TrainingCommands(Commands):
             return self._append_and_view(session, state, ctx, TaskFailed(reason=command.reason))
 
         return self._run(ctx, f"fail:{name}", command.model_dump(), decide)
-
-    def _append(self, session: Session, state: TaskState, ctx: Context, event: Event) -> None:
-        session.append(task_stream(state.task_id), state.version, [self._event(ctx, event)])

@@ -92,14 +92,22 @@ def status_command(data_dir: DataDir) -> None:
 
 @app.command("demo")
 def demo_command(
-    data_dir: DataDir,
+    platform_dir: Annotated[Path, typer.Option(
+        "--platform-dir", help="Folder for the platform's profile, logs and database files.",
+        default_factory=default_data_dir, show_default="./.musketeer")],
     api_port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = platform.DEFAULT_API_PORT,
+    dataset: Annotated[str, typer.Option(help="digits (offline, about a minute), mnist or welding.")] = "digits",
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Folder with the MNIST IDX gz files, e.g. ../shared/data/mnist "
+                           "(for --dataset mnist).")] = None,
+    report_dir: Annotated[Path, typer.Option(
+        help="Where demo-report.json and demo-accuracy.png are written.")] = Path("."),
 ) -> None:
-    """Run the seed's walk-through: three users, a task, two joins, its history (§3.3.1)."""
+    """The seed's §3.3.1 in one command: users, a task, two participants, federated training."""
     from infra.demo import run_demo
 
     try:
-        code = run_demo(data_dir, api_port, _out)
+        code = run_demo(platform_dir, api_port, dataset, data_dir, report_dir, _out)
     except (PlatformError, SettingsError) as exc:
         _fail(str(exc))
     except ClientError as exc:

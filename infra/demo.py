@@ -1,30 +1,33 @@
-"""`musketeer demo`: the seed's §3.3.1 control-plane walk-through, on the local platform.
+"""`musketeer demo`: the seed's §3.3.1 walk-through in one command, federated training included.
 
-It brings the platform up (or uses the one already running), registers an
-aggregator (Alice) and two participants (John, Jack), creates a task with the
-seed's own definition, lists tasks, joins twice, shows the task's history,
-verifies the hash chain, and shuts down what it started.
+It brings the local platform up (or uses the one running), registers an
+aggregator (Alice) and two participants (John, Jack), creates the task, starts
+the aggregator and both participant daemons as separate processes, shows each
+round as it completes, then prints accuracy per round, the final test accuracy,
+the confusion matrix and time per round; it writes a JSON report and a PNG
+chart, and shuts down what it started.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.rule import Rule
+from rich.table import Table
 
 from api.cli_output import events_table, task_panel, tasks_table
-from api.client import ConflictError, MusketeerClient
+from api.client import ConflictError, MusketeerClient, Round
 from api.profile import Profile
 from infra import platform
+from infra.daemons import daemon_environment, describe_logs, spawn_musketeer
+from infra.errors import PlatformError
 
-# The seed's definition, in the seed's own spelling (D3.3 §3.3.1); the API normalises it.
-SEED_DEFINITION = {
-    "quorum": 2, "round": 5, "epoch": 2, "batch_size": 128, "learning_rate": 0.001,
-    "training_size": 4000, "test_size": 1000, "aggregator": "neural_network.Aggregator",
-}
 DEMO_PASSWORD = "musketeer-demo"
 
 
@@ -39,6 +42,47 @@ JOHN = Person("john", "TREE")
 JACK = Person("jack", "UCLM")
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """A dataset, the task definition that suits it, and each site's share of the data."""
+
+    name: str
+    definition: dict[str, Any]
+    participant_args: tuple[list[str], list[str]]
+    eval_args: list[str]
+
+
+def scenario(dataset: str, data_dir: Path | None) -> Scenario:
+    """The demo's task for `dataset` (digits, mnist or welding)."""
+    if dataset == "digits":
+        # Digits is small (1,797 images): two sites get a third each, the aggregator the rest.
+        definition = {"quorum": 2, "rounds": 5, "epochs": 5, "batch_size": 32,
+                      "learning_rate": 0.01, "test_size": 60, "model": "digits-mlp"}
+        return Scenario("digits", definition,
+                        (["--dataset", "digits", "--shard", "1/3"],
+                         ["--dataset", "digits", "--shard", "2/3"]),
+                        ["--eval-data", "digits", "--eval-shard", "3/3"])
+    if dataset == "mnist":
+        source = f"mnist:{data_dir}" if data_dir else "mnist"
+        # The seed's own definition and spelling (D3.3 §3.3.1), sized to the sites' shards.
+        definition = {"quorum": 2, "round": 5, "epoch": 1, "batch_size": 64,
+                      "learning_rate": 0.002, "training_size": 3000, "test_size": 300,
+                      "aggregator": "neural_network.Aggregator", "model": "mnist-cnn"}
+        return Scenario("mnist", definition,
+                        (["--dataset", source, "--shard", "1/3"],
+                         ["--dataset", source, "--shard", "2/3"]),
+                        ["--eval-data", source, "--eval-shard", "3/3"])
+    if dataset == "welding":
+        definition = {"quorum": 2, "rounds": 5, "epochs": 5, "batch_size": 32,
+                      "learning_rate": 0.01, "training_size": 1500, "test_size": 300,
+                      "model": "welding-mlp", "standardise": True}
+        return Scenario("welding", definition,
+                        (["--dataset", "welding", "--robot", "FPS2"],
+                         ["--dataset", "welding", "--robot", "FPD2"]),
+                        ["--eval-data", "welding", "--eval-seed", "7"])
+    raise PlatformError(f"unknown demo dataset {dataset!r} (choose digits, mnist or welding)")
+
+
 def signed_in(api_url: str, person: Person) -> MusketeerClient:
     """A client logged in as `person`, registering them first if they are new."""
     client = MusketeerClient(api_url)
@@ -50,52 +94,220 @@ def signed_in(api_url: str, person: Person) -> MusketeerClient:
     return client
 
 
-def walk_through(profile: Profile, console: Console) -> str:
-    """The control-plane steps; returns the task's name."""
-    console.print(Rule("1. register an aggregator and two participants"))
-    alice, john, jack = (signed_in(profile.api_url, p) for p in (ALICE, JOHN, JACK))
-    for person in (ALICE, JOHN, JACK):
-        console.print(f"  {person.username} ({person.organization}) is registered and logged in")
+@dataclass
+class Demo:
+    """One run of the demo on a running platform."""
 
-    console.print(Rule("2. alice creates a task with the seed's definition"))
-    name = f"demo-task-{time.strftime('%Y%m%d-%H%M%S')}"
-    task = alice.create_task(name, SEED_DEFINITION, description="seed §3.3.1 walk-through")
-    console.print(task_panel(task))
+    profile: Profile
+    scenario: Scenario
+    logs_dir: Path
+    console: Console
+    clients: dict[str, MusketeerClient] = field(default_factory=dict)
 
-    console.print(Rule("3. john lists the tasks he could join"))
-    console.print(tasks_table(john.list_tasks(status="CREATED", limit=10).items))
+    def control_plane(self) -> str:
+        """Register, create the task, list, join; return the task's name."""
+        self.console.print(Rule("1. register an aggregator and two participants"))
+        for person in (ALICE, JOHN, JACK):
+            self.clients[person.username] = signed_in(self.profile.api_url, person)
+            self.console.print(f"  {person.username} ({person.organization}) is registered "
+                               "and logged in")
+        alice, john, jack = (self.clients[p.username] for p in (ALICE, JOHN, JACK))
+        self.console.print(Rule(f"2. alice creates a task ({self.scenario.name})"))
+        name = f"demo-{self.scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.console.print(task_panel(alice.create_task(
+            name, self.scenario.definition, description="seed §3.3.1 walk-through")))
+        self.console.print(Rule("3. john lists the tasks he could join"))
+        self.console.print(tasks_table(john.list_tasks(status="CREATED", limit=5).items))
+        self.console.print(Rule("4. john and jack join"))
+        for client, person in ((john, JOHN), (jack, JACK)):
+            joined = client.join(name)
+            self.console.print(f"  {person.username} joined: "
+                               f"{joined.participant_count}/{joined.quorum}")
+        return name
 
-    console.print(Rule("4. john and jack join"))
-    for client, person in ((john, JOHN), (jack, JACK)):
-        joined = client.join(name)
-        console.print(f"  {person.username} joined: {joined.participant_count}/{joined.quorum}")
+    def train(self, name: str) -> list[Round]:
+        """Start the three daemons as processes and follow the rounds until the task ends."""
+        self.console.print(Rule("5. the aggregator and both participants train"))
+        processes, logs = self._spawn(name)
+        alice = self.clients["alice"]
+        shown: set[int] = set()
+        rounds_total = int(alice.get_task(name).definition["rounds"])
+        try:
+            while True:
+                for entry in alice.rounds(name):
+                    if entry.round not in shown:
+                        shown.add(entry.round)
+                        self.console.print(round_line(entry, rounds_total))
+                status = alice.get_task(name).status
+                failed = {k: p.returncode for k, p in processes.items()
+                          if p.poll() not in (None, 0)}
+                if status in ("COMPLETED", "FAILED") or failed:
+                    break
+                time.sleep(0.5)
+            for process in processes.values():
+                process.wait(120)
+        finally:
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+        task = alice.get_task(name)
+        if task.status != "COMPLETED":
+            raise PlatformError(f"training did not complete: task is {task.status}"
+                                f"{' (' + task.failure_reason + ')' if task.failure_reason else ''}"
+                                f"\n{describe_logs(logs)}")
+        return alice.rounds(name)
 
-    console.print(Rule("5. the task's history, as recorded in the event log"))
-    console.print(events_table(alice.task_events(name)))
-    report = alice.verify()
-    verdict = "[green]intact[/green]" if report.ok else f"[red]broken at {report.first_bad_position}[/red]"
-    console.print(f"hash chain over {report.events} events: {verdict}")
-    if not report.ok:
-        raise RuntimeError(f"the event log failed verification at {report.first_bad_position}")
-    return name
+    def _spawn(self, name: str) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, Path]]:
+        bootstrap = self.profile.kafka_bootstrap_servers or ""
+        env = lambda who: daemon_environment(  # noqa: E731
+            self.profile.api_url, self.clients[who].token or "", bootstrap, self.profile.topic_prefix)
+        logs = {who: self.logs_dir / f"demo-{who}.log" for who in ("aggregator", "john", "jack")}
+        processes = {"aggregator": spawn_musketeer(
+            ["aggregate", name, *self.scenario.eval_args, "--round-timeout", "600"],
+            env("alice"), logs["aggregator"])}
+        for who, args in zip(("john", "jack"), self.scenario.participant_args):
+            processes[who] = spawn_musketeer(
+                ["participate", name, *args, "--output", str(self.logs_dir.parent / "models" / who)],
+                env(who), logs[who])
+        self.console.print(f"  aggregator and participants started (logs in {self.logs_dir})")
+        return processes, logs
 
 
-def run_demo(data_dir: Path, api_port: int, console: Console | None = None) -> int:
-    """Bring the platform up, walk through the steps, bring it down again; 0 on success."""
+def round_line(entry: Round, total: int) -> str:
+    """A live progress line for one round."""
+    local = entry.metrics
+    parts = [f"  round {entry.round}/{total}"]
+    if "loss" in local:
+        parts.append(f"loss {local['loss']:.4f}")
+    if "accuracy" in local:
+        parts.append(f"local accuracy {local['accuracy']:.4f}")
+    if "accuracy" in entry.eval_metrics:
+        parts.append(f"test accuracy {entry.eval_metrics['accuracy']:.4f}")
+    parts.append(f"{entry.duration_s or 0:.1f} s")
+    return ", ".join(parts)
+
+
+def final_evaluation(client: MusketeerClient, name: str, scenario_: Scenario) -> dict[str, Any]:
+    """Download the final model through the API and score it on the held-out data."""
+    from aggregator.daemon import weights_of
+    from participant.data import load_dataset
+    from participant.keras_model import compile_model, confusion_matrix, evaluate, model_from_json
+    from participant.prepare import prepare
+    from schema.dataplane import ModelMeta
+    from streams.codec import decode_bundle
+
+    digest, content = client.download_model(name)
+    bundle = decode_bundle(content)
+    meta = ModelMeta.model_validate(bundle.meta)
+    model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
+    model.set_weights(weights_of(bundle))
+    args = dict(zip(scenario_.eval_args[::2], scenario_.eval_args[1::2]))
+    dataset = load_dataset(args["--eval-data"], shard=args.get("--eval-shard"),
+                           seed=int(args.get("--eval-seed", 0)))
+    held_out = prepare(dataset, meta.input_shape, *standardisation(meta))
+    metrics = evaluate(model, held_out)
+    matrix = confusion_matrix(model, held_out)
+    return {"model_sha256": digest, "accuracy": metrics["accuracy"], "loss": metrics["loss"],
+            "samples": len(held_out), "confusion_matrix": matrix.tolist()}
+
+
+def standardisation(meta: Any) -> tuple[Any, Any]:
+    """The global mean and std a model's inputs must be standardised with (None, None if not)."""
+    import numpy as np
+
+    if meta.feature_mean is None or meta.feature_std is None:
+        return None, None
+    return np.asarray(meta.feature_mean), np.asarray(meta.feature_std)
+
+
+def results_table(rounds: list[Round]) -> Table:
+    """Accuracy and time per round."""
+    table = Table("round", "local loss", "local accuracy", "test accuracy", "seconds",
+                  title="accuracy per round")
+    for entry in rounds:
+        table.add_row(str(entry.round), _fmt(entry.metrics.get("loss")),
+                      _fmt(entry.metrics.get("accuracy")),
+                      _fmt(entry.eval_metrics.get("accuracy")), f"{entry.duration_s or 0:.1f}")
+    return table
+
+
+def matrix_table(matrix: list[list[int]]) -> Table:
+    """The confusion matrix, true classes down, predicted across."""
+    table = Table("true \\ predicted", *[str(i) for i in range(len(matrix))],
+                  title="confusion matrix (held-out data)")
+    for index, row in enumerate(matrix):
+        table.add_row(str(index), *[str(v) for v in row])
+    return table
+
+
+def write_chart(rounds: list[Round], path: Path, title: str) -> None:
+    """A PNG line chart of accuracy per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+
+    numbers = [r.round for r in rounds]
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    axes.plot(numbers, [r.metrics.get("accuracy") for r in rounds], marker="o",
+              label="participants' local test (weighted)")
+    if all("accuracy" in r.eval_metrics for r in rounds):
+        axes.plot(numbers, [r.eval_metrics["accuracy"] for r in rounds], marker="s",
+                  label="aggregator's held-out test")
+    axes.set(xlabel="round", ylabel="accuracy", title=title, xticks=numbers)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def run_demo(platform_dir: Path, api_port: int, dataset: str = "digits",
+             data_dir: Path | None = None, report_dir: Path | None = None,
+             console: Console | None = None) -> int:
+    """Bring the platform up, run the walk-through with training, bring it down; 0 on success."""
     console = console or Console(highlight=False)
+    chosen = scenario(dataset, data_dir)
+    report_dir = report_dir or Path.cwd()
     steps = platform.Steps(console)
-    profile = platform.running_profile(data_dir)
+    profile = platform.running_profile(platform_dir)
     started_here = profile is None
     if profile is None:
-        profile, _ = platform.up(data_dir, api_port, steps)
+        profile, _ = platform.up(platform_dir, api_port, steps)
     try:
-        name = walk_through(profile, console)
-        console.print(
-            f"\n[bold green]demo finished[/bold green]: task [bold]{name}[/bold]. Its history stays "
-            f"in {data_dir}: `musketeer platform up`, `musketeer login alice` (password "
-            f"{DEMO_PASSWORD}), then `musketeer tasks history {name}`."
-        )
-        return 0
+        demo = Demo(profile, chosen, platform.paths_for(platform_dir).root / "logs", console)
+        name = demo.control_plane()
+        rounds = demo.train(name)
+        alice = demo.clients["alice"]
+        console.print(Rule("6. results"))
+        console.print(results_table(rounds))
+        final = final_evaluation(alice, name, chosen)
+        accuracy = final["accuracy"]
+        console.print(matrix_table(final["confusion_matrix"]))
+        console.print(f"final test accuracy: [bold]{accuracy:.4f}[/bold] "
+                      f"(model sha256 {final['model_sha256'][:16]}…, downloaded through the API)")
+        console.print(Rule("7. the task's history, as recorded in the event log"))
+        events = alice.task_events(name)
+        console.print(events_table(events))
+        verdict = alice.verify()
+        console.print(f"hash chain over {verdict.events} events: "
+                      + ("[green]intact[/green]" if verdict.ok else "[red]BROKEN[/red]"))
+        report = {
+            "task": name, "dataset": chosen.name, "definition": chosen.definition,
+            "rounds": [r.model_dump(mode="json") for r in rounds],
+            "final": final,
+            "history": [e.type for e in events], "hash_chain_ok": verdict.ok,
+        }
+        report_path, chart_path = report_dir / "demo-report.json", report_dir / "demo-accuracy.png"
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        write_chart(rounds, chart_path, f"{name}: accuracy per round")
+        console.print(f"\n[bold green]demo finished[/bold green]: report {report_path}, "
+                      f"chart {chart_path}")
+        return 0 if verdict.ok else 1
     finally:
         if started_here:
-            platform.down(data_dir, steps)
+            platform.down(platform_dir, steps)

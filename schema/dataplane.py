@@ -44,6 +44,10 @@ class ModelMeta(BaseModel):
     epochs: int
     batch_size: int
     rounds: int
+    feature_mean: list[float] | None = Field(
+        default=None, description="global per-feature mean to standardise inputs with, if any")
+    feature_std: list[float] | None = Field(
+        default=None, description="global per-feature std to standardise inputs with, if any")
 
 
 class UpdateMeta(BaseModel):

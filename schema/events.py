@@ -90,15 +90,6 @@ class UpdateRejected(Event):
     message_id: str | None = None
 
 
-class ModelStored(Event):
-    """A model artifact was stored (a round's checkpoint or the final model)."""
-
-    model_sha256: str
-    size: int
-    round: int | None = None
-    final: bool = False
-
-
 class TaskCompleted(Event):
     """Training finished; the final model has this digest."""
 
@@ -127,7 +118,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TaskStarted,
         RoundCompleted,
         UpdateRejected,
-        ModelStored,
         TaskCompleted,
         TaskFailed,
         TaskDeleted,

@@ -112,7 +112,7 @@ def test_complete_needs_every_round_and_the_final_model(api: ApiProcess) -> None
     assert [r.round for r in lineage.rounds] == [1]
     assert sorted(lineage.participants) == sorted(who)
     types = [e.type for e in alice.task_events(name)]
-    assert types[-3:] == ["ModelStored", "RoundCompleted", "TaskCompleted"]
+    assert types[-2:] == ["RoundCompleted", "TaskCompleted"]
 
 
 def test_rejections_and_failure_are_recorded(api: ApiProcess) -> None:

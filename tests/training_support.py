@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from api.client import MusketeerClient
+from infra.daemons import daemon_environment, describe_logs, spawn_musketeer
 from tests.conftest import ApiProcess, unique
 
 PASSWORD = "federated-pass"
@@ -33,21 +32,12 @@ def member(api: ApiProcess, prefix: str, organization: str = "Org") -> Member:
 
 def daemon_env(api: ApiProcess, who: Member, bootstrap: str, prefix: str) -> dict[str, str]:
     """The environment a daemon of `who` runs with: this API, broker, topics and token."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MUSKETEER_PROFILE",)}
-    env.update({"MUSKETEER_API_URL": api.url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "MUSKETEER_TOPIC_PREFIX": prefix, "MUSKETEER_TOKEN": who.client.token or "",
-                "MUSKETEER_PROFILE": "/nonexistent/profile.json", "COLUMNS": "200",
-                "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"})
-    return env
+    return daemon_environment(api.url, who.client.token or "", bootstrap, prefix)
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Run `musketeer ARGS` as its own process, output to `log`."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from infra.cli import main; main()", *args],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+    return spawn_musketeer(args, env, log)
 
 
 def wait_all(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path],
@@ -65,5 +55,4 @@ def wait_all(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path
 
 def dump(logs: dict[str, Path]) -> str:
     """Every log's tail, labelled."""
-    return "\n".join(f"--- {name}\n{path.read_text(errors='replace')[-4000:]}"
-                     for name, path in logs.items() if path.exists())
+    return describe_logs(logs)
