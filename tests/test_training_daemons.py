@@ -1,0 +1,83 @@
+"""Daemon behaviour: one long-running participant serves several tasks; failures are recorded."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ApiProcess, unique
+from tests.training_support import daemon_env, dump, member, spawn, wait_all
+
+pytestmark = pytest.mark.integration
+
+DIGITS = {"quorum": 1, "rounds": 2, "epochs": 3, "batch_size": 32, "learning_rate": 0.01,
+          "model": "digits-mlp", "test_size": 40}
+
+
+def test_one_participant_daemon_serves_two_tasks_at_once(api: ApiProcess, broker: Any,
+                                                         topic_prefix: str, tmp_path: Path) -> None:
+    """A daemon started before the second join trains both tasks; neither mixes messages."""
+    alice, bob, john = member(api, "alice"), member(api, "bob"), member(api, "john")
+    first, second = unique("first"), unique("second")
+    alice.client.create_task(first, DIGITS)
+    bob.client.create_task(second, {**DIGITS, "rounds": 3})
+    john.client.join(first)
+    logs = {who: tmp_path / f"{who}.log" for who in ("john", "alice", "bob")}
+    daemon = spawn(["participate", "--dataset", "digits", "--shard", "1/2",
+                    "--output", str(tmp_path / "models")],
+                   daemon_env(api, john, broker.bootstrap, topic_prefix), logs["john"])
+    try:
+        time.sleep(2)  # the daemon is up and waiting before the second task even has its member
+        john.client.join(second)
+        aggregators = {
+            "alice": spawn(["aggregate", first, "--round-timeout", "300"],
+                           daemon_env(api, alice, broker.bootstrap, topic_prefix), logs["alice"]),
+            "bob": spawn(["aggregate", second, "--round-timeout", "300"],
+                         daemon_env(api, bob, broker.bootstrap, topic_prefix), logs["bob"]),
+        }
+        wait_all(aggregators, logs, timeout_s=400)
+        assert daemon.poll() is None, "the long-running daemon exited:\n" + dump(logs)
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        daemon.wait(30)
+
+    for owner, name, rounds in ((alice, first, 2), (bob, second, 3)):
+        events = owner.client.task_events(name)
+        assert [e.type for e in events].count("RoundCompleted") == rounds
+        assert events[-1].type == "TaskCompleted"
+        assert "UpdateRejected" not in [e.type for e in events], dump(logs)
+        assert (tmp_path / "models" / name / "model.keras").exists()
+
+
+def test_an_unrecoverable_error_records_task_failed(api: ApiProcess, broker: Any,
+                                                   topic_prefix: str, tmp_path: Path) -> None:
+    """A definition naming no model fails the task with that reason, and the CLI exits 1."""
+    alice, john = member(api, "alice"), member(api, "john")
+    name = unique("nomodel")
+    alice.client.create_task(name, {"quorum": 1, "rounds": 1})
+    john.client.join(name)
+    log = tmp_path / "aggregator.log"
+    process = spawn(["aggregate", name], daemon_env(api, alice, broker.bootstrap, topic_prefix), log)
+    assert process.wait(120) == 1, log.read_text()
+    task = alice.client.get_task(name)
+    assert task.status == "FAILED"
+    assert "names no model" in (task.failure_reason or "")
+    assert "names no model" in log.read_text()
+
+
+def test_only_the_creator_can_aggregate(api: ApiProcess, broker: Any, topic_prefix: str,
+                                        tmp_path: Path) -> None:
+    """Someone else's task: a clear refusal, and the task is untouched."""
+    alice, mallory = member(api, "alice"), member(api, "mallory")
+    name = unique("notyours")
+    alice.client.create_task(name, DIGITS)
+    log = tmp_path / "aggregator.log"
+    process = spawn(["aggregate", name], daemon_env(api, mallory, broker.bootstrap, topic_prefix),
+                    log)
+    assert process.wait(120) == 1
+    assert "only its creator" in log.read_text()
+    assert alice.client.get_task(name).status == "CREATED"
