@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/api_bench.py
+	$(PY) bench/round_bench.py
 
 clean:
 	rm -rf $(VENV) .musketeer
