@@ -1,0 +1,83 @@
+"""Run `musketeer ARGS` (the real CLI) and write the process's memory use to a JSON file.
+
+Used by bench/round_bench.py as the aggregator process:
+
+    ROUND_BENCH_RSS_FILE=out.json python bench/aggregator_rss.py aggregate TASK --model F.keras
+
+It only observes: `Aggregator._round` is wrapped so that, when round 1 begins,
+the current RSS (the baseline: TensorFlow imported, the model built and the
+round's weights broadcast) and the peak so far are noted, and the kernel's
+peak-RSS counter is reset (`/proc/self/clear_refs` = 5). After each round the
+peak is read again, so `rounds_peak_kib` is the peak while the rounds ran.
+At exit `ru_maxrss` (the peak since the reset, final broadcast included) is
+added. All values are KiB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+OUTPUT_ENV = "ROUND_BENCH_RSS_FILE"
+
+
+def status_kib(field: str) -> int:
+    """A `VmXXX` line of /proc/self/status, in KiB (0 if absent)."""
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; False if refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def watch_rounds(record: dict[str, Any]) -> None:
+    """Wrap Aggregator._round to note memory around the rounds (behaviour unchanged)."""
+    from aggregator.daemon import Aggregator
+
+    original = Aggregator._round
+
+    def _round(self: Aggregator, *args: Any, **kwargs: Any) -> Any:
+        round_no = args[5] if len(args) > 5 else kwargs.get("round_no")
+        if round_no == 1:
+            record["baseline_rss_kib"] = status_kib("VmRSS")
+            record["setup_peak_kib"] = status_kib("VmHWM")
+            record["peak_reset"] = reset_peak()
+        result = original(self, *args, **kwargs)
+        record["rounds_peak_kib"] = status_kib("VmHWM")
+        return result
+
+    Aggregator._round = _round  # type: ignore[method-assign]
+
+
+def main() -> None:
+    """Run the CLI with sys.argv; write the record even when it fails."""
+    record: dict[str, Any] = {}
+    watch_rounds(record)
+    try:
+        from infra.cli import main as cli_main
+
+        cli_main()
+    finally:
+        record["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        record["exit_hwm_kib"] = status_kib("VmHWM")
+        target = os.environ.get(OUTPUT_ENV)
+        if target:
+            Path(target).write_text(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
