@@ -41,6 +41,7 @@ from schema.commands import (
     CreateTask,
     Credentials,
     FailTask,
+    RecordMissed,
     RecordRejection,
     RecordRound,
     RegisterUser,
@@ -329,6 +330,13 @@ def _add_training_routes(app: FastAPI) -> None:
         """Completed rounds with metrics and model digests (creator and participants)."""
         with services.store.connection() as conn:
             return queries.task_rounds(conn, name, user)
+
+    @app.post("/v1/tasks/{name}/missed", response_model=TaskView, tags=["training"],
+              summary="Record participants a round closed without (aggregator)")
+    def missed(name: str, body: RecordMissed, request: Request, user: CurrentUser,
+               services: ServicesDep, key: IdempotencyKey = None) -> JSONResponse:
+        """One ParticipantMissedRound per participant, for the round now closing."""
+        return _respond(services.commands.record_missed(name, body, _context(request, user, key)))
 
     @app.post("/v1/tasks/{name}/rejections", response_model=TaskView, tags=["training"],
               summary="Record a rejected update (aggregator)")

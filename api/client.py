@@ -240,11 +240,14 @@ class MusketeerClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.api_url = same_url(api_url)
         self.token = token
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        # Daemons pass a callback so a long wait says what it waits for.
+        self.on_wait = on_wait
         self._http = httpx.Client(
             base_url=self.api_url,
             timeout=timeout,
@@ -410,6 +413,11 @@ class MusketeerClient:
         return Task.model_validate(
             self._post(_task_path(name, "rounds"), json=body, key=idempotency_key))
 
+    def record_missed(self, name: str, round: int, participants: list[str]) -> Task:
+        """Record who the round now closing goes without (one ParticipantMissedRound each)."""
+        body = {"round": round, "participants": participants}
+        return Task.model_validate(self._post(_task_path(name, "missed"), json=body))
+
     def reject_update(self, name: str, round: int, sender: str, reason: str,
                       message_id: str | None = None) -> Task:
         """Record an update the aggregator refused, with the reason."""
@@ -507,12 +515,18 @@ class MusketeerClient:
                 delay = policy.delay(attempt, waited) if safe else None
                 if delay is None:
                     raise unreachable(self.api_url, exc) from exc
+                why = f"cannot reach it ({type(exc).__name__})"
             else:
                 if response.status_code != 503 or not idempotent:
                     return response
                 delay = policy.delay(attempt, waited, _retry_after(response))
                 if delay is None:
                     return response
+                why = f"it is unavailable: {_message_of(response)}"
+            if self.on_wait is not None:
+                self.on_wait(f"waiting for the API at {self.api_url} ({method} {path}): {why}; "
+                             f"retrying in {delay:.1f} s ({waited:.0f} of "
+                             f"{policy.total_wait:.0f} s waited)")
             self._sleep(delay)
             attempt, waited = attempt + 1, waited + delay
 
@@ -528,6 +542,13 @@ class MusketeerClient:
             return response.json()
         except ValueError:
             return {"status": response.text.strip()}
+
+
+def _message_of(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", response.status_code))
+    except (ValueError, AttributeError):
+        return str(response.status_code)
 
 
 def is_idempotent(method: str, headers: dict[str, str]) -> bool:

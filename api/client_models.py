@@ -39,6 +39,7 @@ class Participant(_ApiModel):
     username: str
     organization: str | None = None
     joined_at: datetime | None = None
+    last_contact_at: datetime | None = None
 
 
 class Topics(_ApiModel):

@@ -38,6 +38,7 @@ class Member:
     username: str
     organization: str
     joined_at: datetime
+    last_contact_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ def _evolve(state: TaskState | None, event: Event, record: RecordedEvent) -> Tas
         kept = tuple(m for m in state.members if m.username != event.username)
         return replace(state, members=kept)
     if isinstance(event, RoundCompleted):
-        state = replace(state, rounds_completed=event.round)
+        members = tuple(replace(m, last_contact_at=record.recorded_at)
+                        if m.username in event.participants else m for m in state.members)
+        state = replace(state, rounds_completed=event.round, members=members)
     elif isinstance(event, TaskCompleted):
         state = replace(state, model_sha256=event.model_sha256)
     elif isinstance(event, TaskFailed):
@@ -123,6 +126,7 @@ class ParticipantView(BaseModel):
     username: str
     organization: str
     joined_at: datetime
+    last_contact_at: datetime | None = None
 
 
 class TopicsView(BaseModel):
@@ -163,7 +167,7 @@ class TaskView(BaseModel):
             max_participants=state.max_participants,
             participants=[
                 ParticipantView(username=m.username, organization=m.organization,
-                                joined_at=m.joined_at)
+                                joined_at=m.joined_at, last_contact_at=m.last_contact_at)
                 for m in state.members
             ],
             participant_count=len(state.members),

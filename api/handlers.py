@@ -235,9 +235,11 @@ class Commands:
     def _append_and_view(
         self, session: Session, state: TaskState, ctx: Context, event: Event
     ) -> Result:
-        stream = task_stream(state.task_id)
-        session.append(stream, state.version, [self._event(ctx, event)])
-        new_state = fold(session.read_stream(stream))
+        session.append(task_stream(state.task_id), state.version, [self._event(ctx, event)])
+        return self._view(session, state)
+
+    def _view(self, session: Session, state: TaskState) -> Result:
+        new_state = fold(session.read_stream(task_stream(state.task_id)))
         assert new_state is not None
         return Result(200, TaskView.of(new_state).model_dump(mode="json"))
 

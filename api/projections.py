@@ -84,6 +84,9 @@ def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -
     )
     conn.execute("UPDATE tasks SET rounds_completed = %s WHERE task_id = %s",
                  (event.round, _task_id(record)))
+    conn.execute("UPDATE memberships SET last_contact_at = %s"
+                 " WHERE task_id = %s AND username = ANY(%s)",
+                 (record.recorded_at, _task_id(record), event.participants))
     _touch(conn, record)
 
 

@@ -103,14 +103,14 @@ def _where(filters: TaskFilter, viewer: str) -> tuple[str, list[Any]]:
 def _members(conn: Conn, task_ids: list[str]) -> dict[str, list[ParticipantView]]:
     members: dict[str, list[ParticipantView]] = {task_id: [] for task_id in task_ids}
     rows = conn.execute(
-        "SELECT task_id, username, organization, joined_at FROM memberships"
+        "SELECT task_id, username, organization, joined_at, last_contact_at FROM memberships"
         " WHERE task_id = ANY(%s) ORDER BY joined_at, username",
         (task_ids,),
     ).fetchall()
     for row in rows:
         members[row["task_id"]].append(
             ParticipantView(username=row["username"], organization=row["organization"],
-                            joined_at=row["joined_at"])
+                            joined_at=row["joined_at"], last_contact_at=row["last_contact_at"])
         )
     return members
 
@@ -253,7 +253,8 @@ def model_bytes(conn: Conn, name: str, viewer: str, sha256: str | None) -> tuple
 def user_models(conn: Conn, viewer: str) -> Models:
     """The final models of the tasks the viewer created or took part in, with their lineage."""
     rows = conn.execute(
-        "SELECT t.*, a.size FROM tasks t JOIN artifacts a ON a.sha256 = t.model_sha256"
+        "SELECT t.*, a.size FROM tasks t JOIN artifacts a"
+        " ON a.task_id = t.task_id AND a.sha256 = t.model_sha256"
         " WHERE t.status = 'COMPLETED' AND (t.creator = %s OR t.task_id IN"
         " (SELECT task_id FROM memberships WHERE username = %s)) ORDER BY t.created_position DESC",
         (viewer, viewer),

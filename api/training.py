@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 
-from api.domain import TaskState
+from api.domain import TaskState, task_stream
 from api.errors import Conflict, Forbidden, InvalidInput
 from api.handlers import Commands, Context, Result, load_task, require_transition
 from api.store import Session
-from schema.commands import CompleteTask, FailTask, RecordRejection, RecordRound
+from schema.commands import CompleteTask, FailTask, RecordMissed, RecordRejection, RecordRound
 from schema.events import (
+    ParticipantMissedRound,
     RoundCompleted,
     TaskCompleted,
     TaskFailed,
@@ -90,6 +91,26 @@ class TrainingCommands(Commands):
 
         return self._run(ctx, f"round:{name}", command.model_dump(mode="json"), decide)
 
+    def record_missed(self, name: str, command: RecordMissed, ctx: Context) -> Result:
+        """Record who the round now closing (the next one) goes without."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "record missed rounds")
+            require_started(state, "record a missed round")
+            expected = state.rounds_completed + 1
+            if command.round != expected:
+                raise Conflict(f"task '{name}' is closing round {expected}, not {command.round}")
+            strangers = sorted(set(command.participants) - {m.username for m in state.members})
+            if strangers:
+                raise InvalidInput(f"not participants of task '{name}': {', '.join(strangers)}")
+            events = [self._event(ctx, ParticipantMissedRound(round=command.round, username=who))
+                      for who in sorted(set(command.participants))]
+            session.append(task_stream(state.task_id), state.version, events)
+            return self._view(session, state)
+
+        return self._run(ctx, f"missed:{name}", command.model_dump(), decide)
+
     def reject_update(self, name: str, command: RecordRejection, ctx: Context) -> Result:
         """Record an update the aggregator refused."""
 
@@ -121,7 +142,7 @@ class TrainingCommands(Commands):
             if stored_model(session, state.task_id, digest) is None:
                 session.conn.execute(
                     "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (sha256) DO NOTHING",
+                    " ON CONFLICT (task_id, sha256) DO NOTHING",
                     (digest, state.task_id, len(content), content),
                 )
             return Result(201, {"sha256": digest, "size": len(content), "round": round,

@@ -95,3 +95,12 @@ class FailTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=4000)
+
+
+class RecordMissed(BaseModel):
+    """The aggregator reports who a round closed without."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=1)
+    participants: list[Username] = Field(min_length=1, max_length=10_000)

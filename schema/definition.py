@@ -33,6 +33,12 @@ class TaskDefinition(BaseModel):
     algorithm: str = Field(default="fedavg", description="aggregation algorithm, from the registry")
     model: str | None = Field(default=None, description="model name from the registry")
     max_participants: int | None = Field(default=None, ge=1, description="cap on members")
+    round_timeout_s: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600,
+        description="seconds a round waits for updates before closing with those it has")
+    min_updates: int | None = Field(
+        default=None, ge=1,
+        description="updates a round needs when it closes at its deadline (default: everyone)")
 
     @model_validator(mode="before")
     @classmethod
@@ -57,6 +63,12 @@ class TaskDefinition(BaseModel):
         if self.algorithm not in ALGORITHMS:
             known = ", ".join(sorted(ALGORITHMS))
             raise ValueError(f"unknown algorithm '{self.algorithm}' (known: {known})")
+        if (self.min_updates is not None and self.max_participants is not None
+                and self.min_updates > self.max_participants):
+            raise ValueError(
+                f"min_updates ({self.min_updates}) is above max_participants "
+                f"({self.max_participants}): no round could ever close"
+            )
         if self.max_participants is not None and self.max_participants < self.quorum:
             raise ValueError(
                 f"max_participants ({self.max_participants}) is below quorum ({self.quorum})"

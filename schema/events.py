@@ -81,6 +81,13 @@ class RoundCompleted(Event):
     duration_s: float | None = None
 
 
+class ParticipantMissedRound(Event):
+    """A round closed at its deadline without this participant's update."""
+
+    round: int
+    username: str
+
+
 class UpdateRejected(Event):
     """An update (or a frame of one) was refused, and why; the round goes on without it."""
 
@@ -117,6 +124,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ParticipantLeft,
         TaskStarted,
         RoundCompleted,
+        ParticipantMissedRound,
         UpdateRejected,
         TaskCompleted,
         TaskFailed,

@@ -177,3 +177,16 @@ def test_topics_of_a_finished_task_go_after_the_retention(broker: Any, tmp_path:
     finally:
         process.stop()
         drop_database(database)
+
+
+def test_two_tasks_may_store_byte_identical_models(api: ApiProcess) -> None:
+    """Artifacts belong to a task: the same bytes stored by another task are stored again."""
+    first, first_members, first_name = started_task(api, rounds=1)
+    second, second_members, second_name = started_task(api, rounds=1)
+    same = b"identical-model-bytes"
+    for owner, members, name in ((first, first_members, first_name),
+                                 (second, second_members, second_name)):
+        digest = owner.upload_model(name, same).sha256
+        owner.record_round(name, 1, participants=usernames(members), model_sha256=digest)
+        assert owner.complete_task(name, digest).status == "COMPLETED"
+    assert second_members[0].download_model(second_name)[1] == same

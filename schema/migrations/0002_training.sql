@@ -13,14 +13,15 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 
 -- Model bytes live beside the log (content-addressed); the log records their digests.
+-- Keyed by task too: two tasks may well produce byte-identical models.
 CREATE TABLE IF NOT EXISTS artifacts (
-    sha256     text PRIMARY KEY,
     task_id    text        NOT NULL,
+    sha256     text        NOT NULL,
     size       bigint      NOT NULL,
     content    bytea       NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, sha256)
 );
-CREATE INDEX IF NOT EXISTS artifacts_task ON artifacts (task_id);
 
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS rounds_completed int NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS model_sha256 text;
@@ -31,3 +32,6 @@ CREATE TABLE IF NOT EXISTS topic_retention (
     task_id    text PRIMARY KEY,
     deleted_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- When the platform last heard from each participant (an update counted in a round).
+ALTER TABLE memberships ADD COLUMN IF NOT EXISTS last_contact_at timestamptz;
