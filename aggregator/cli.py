@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from api import cli_output as show
-from api.client import ClientError, MusketeerClient
+from api.client import ClientError, MusketeerClient, RetryPolicy
 from api.profile import Profile
 
 
@@ -41,7 +41,9 @@ def aggregate(
                                 eval_shard=eval_shard, model_file=model, seed=eval_seed,
                                 round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout)
     try:
-        client = MusketeerClient.from_profile(api_url=api_url)
+        # A daemon outlives API restarts: wait up to five minutes, saying what for.
+        client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
+                                              on_wait=show.out().print)
         Aggregator(client, Profile.load(), task, options, progress=show.out().print).run()
     except ClientError as exc:
         show.print_client_error(exc)

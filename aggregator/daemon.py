@@ -84,6 +84,8 @@ class Aggregator:
         self.progress = progress
         self.results: list[RoundResult] = []
         self._task_id = ""
+        self._resumed = False
+        self._resume_point = -1
         # Global feature statistics, when the task standardises (seed §3.4.2).
         self._mean: np.ndarray | None = None
         self._std: np.ndarray | None = None
@@ -100,6 +102,7 @@ class Aggregator:
         writer = PayloadWriter(self.bootstrap)
         try:
             task = self._wait_for_quorum(task)
+            self._resumed = task.status == "STARTED"
             if task.status == "CREATED":
                 task = self.client.start_task(self.name)
             if task.status != "STARTED":
@@ -114,14 +117,25 @@ class Aggregator:
     def _train(self, task: Task, writer: PayloadWriter) -> None:
         participants = sorted(p.username for p in task.participants)
         self._task_id = task.task_id
-        self.progress(f"task {task.name}: training with {', '.join(participants)}")
-        with PayloadReader(self.bootstrap, [task.topics.updates]) as updates:
-            if dataplane.wants_standardisation(task.definition):
-                self._standardise(task, writer, updates, participants)
-            model, meta, evaluation = self._build(task)
-            weights = [np.asarray(w) for w in model.get_weights()]
-            self._broadcast(task, writer, dataplane.ARCHITECTURE, 0, model_payload(meta, weights))
-            for round_no in range(1, meta.rounds + 1):
+        done = task.rounds_completed
+        # A task already STARTED means an earlier aggregator ran it: resume from the log.
+        self._resume_point = done if self._resumed else -1
+        self.progress(f"task {task.name}: training with {', '.join(participants)}"
+                      + (f"; resuming after round {done}" if self._resumed else ""))
+        with PayloadReader(self.bootstrap, [topics_of(task)[1]]) as updates:
+            if done > 0:
+                model, meta, weights = self._from_checkpoint(task)
+                if meta.feature_mean is not None:
+                    self._broadcast_statistics(task, writer)
+            else:
+                if dataplane.wants_standardisation(task.definition):
+                    self._standardise(task, writer, updates, participants)
+                model, meta = self._build(task)
+                weights = [np.asarray(w) for w in model.get_weights()]
+                self._broadcast(task, writer, dataplane.ARCHITECTURE, 0,
+                                model_payload(meta, weights))
+            evaluation = self._evaluation_data(meta)
+            for round_no in range(done + 1, meta.rounds + 1):
                 payload = model_payload(meta, weights)
                 self._broadcast(task, writer, dataplane.WEIGHTS, round_no, payload)
                 weights, result = self._round(task, updates, participants, meta, weights,
@@ -132,6 +146,24 @@ class Aggregator:
             stored = self.client.upload_model(self.name, final, final=True)
             self.client.complete_task(self.name, stored.sha256)
             self.progress(f"task {task.name}: COMPLETED, final model sha256 {stored.sha256[:12]}…")
+
+    def _from_checkpoint(self, task: Task) -> tuple[Any, ModelMeta, list[np.ndarray]]:
+        """The model as the last recorded round left it (its digest is in RoundCompleted)."""
+        from participant.keras_model import compile_model, model_from_json
+
+        last = self.client.rounds(self.name)[-1]
+        digest, content = self.client.download_model(self.name, sha256=last.model_sha256)
+        bundle = decode_bundle(content)
+        meta = ModelMeta.model_validate(bundle.meta)
+        model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
+        weights = weights_of(bundle)
+        model.set_weights(weights)
+        if meta.feature_mean is not None and meta.feature_std is not None:
+            self._mean = np.asarray(meta.feature_mean)
+            self._std = np.asarray(meta.feature_std)
+        self.progress(f"task {task.name}: restored the round {last.round} checkpoint "
+                      f"(sha256 {digest[:12]}…)")
+        return model, meta, [np.asarray(w) for w in weights]
 
     # -- quorum and start
 
@@ -160,10 +192,14 @@ class Aggregator:
 
     # -- model and evaluation data
 
-    def _build(self, task: Task) -> tuple[Any, ModelMeta, Any]:
+    def _build(self, task: Task) -> tuple[Any, ModelMeta]:
+        import keras
+
         from aggregator.models import build_model, load_user_model, model_spec
         from participant.keras_model import compile_model, model_to_json
 
+        # Seeded by the task: a restarted aggregator rebuilds the very same initial model.
+        keras.utils.set_random_seed(task_seed(task.task_id, task.definition))
         definition = task.definition
         learning_rate = float(definition.get("learning_rate", 0.001))
         if self.options.model_file:
@@ -187,9 +223,9 @@ class Aggregator:
                          # The model is only usable with the inputs it was trained on.
                          feature_mean=None if self._mean is None else self._mean.tolist(),
                          feature_std=None if self._std is None else self._std.tolist())
-        return model, meta, self._evaluation_data(task, input_shape)
+        return model, meta
 
-    def _evaluation_data(self, task: Task, input_shape: list[int]) -> Any:
+    def _evaluation_data(self, meta: ModelMeta) -> Any:
         if not self.options.eval_data:
             return None
         from participant.data import load_dataset
@@ -197,7 +233,7 @@ class Aggregator:
 
         dataset = load_dataset(self.options.eval_data, data_dir=self.options.eval_data_dir,
                                shard=self.options.eval_shard, seed=self.options.seed)
-        return prepare(dataset, input_shape, self._mean, self._std)
+        return prepare(dataset, meta.input_shape, self._mean, self._std)
 
     # -- federated standardisation (seed §3.4.2)
 
@@ -226,12 +262,17 @@ class Aggregator:
                     continue
                 moments[sender] = Moments(count=meta.count, sums=sums, sums_sq=sums_sq)
             self._check_deadline(deadline, participants, moments, 0)
-        mean, std = combine([moments[p] for p in sorted(moments)])
-        self._mean, self._std = mean, std
-        payload = encode_bundle(ArrayBundle(arrays={"mean": mean, "std": std}, meta={}))
-        self._broadcast(task, writer, dataplane.STANDARDISE, 0, payload)
+        self._mean, self._std = combine([moments[p] for p in sorted(moments)])
+        self._broadcast_statistics(task, writer)
         self.progress(f"task {task.name}: broadcast global mean and std of "
                       f"{sum(m.count for m in moments.values())} samples")
+
+    def _broadcast_statistics(self, task: Task, writer: PayloadWriter) -> None:
+        assert self._mean is not None and self._std is not None
+        arrays = {"mean": np.asarray(self._mean, dtype=np.float64),
+                  "std": np.asarray(self._std, dtype=np.float64)}
+        self._broadcast(task, writer, dataplane.STANDARDISE, 0,
+                        encode_bundle(ArrayBundle(arrays=arrays, meta={})))
 
     # -- one round
 
@@ -245,7 +286,8 @@ class Aggregator:
         average = RunningAverage(template)
         samples: dict[str, int] = {}
         reports: list[tuple[dict[str, float], int]] = []
-        deadline = _deadline(self.options.round_timeout_s)
+        timeout_s = float(task.definition.get("round_timeout_s") or self.options.round_timeout_s)
+        deadline = _deadline(timeout_s)
         while len(samples) < len(participants):
             for delivery in updates.poll(1.0):
                 accepted = self._accept(delivery, round_no, dataplane.UPDATE, participants, samples)
@@ -267,7 +309,9 @@ class Aggregator:
                 average.add(update, update_meta.samples)
                 samples[sender] = update_meta.samples
                 reports.append((update_meta.metrics, max(update_meta.test_samples, 1)))
-            self._check_deadline(deadline, participants, samples, round_no)
+            if time.monotonic() > deadline:
+                self._close_without(task, round_no, participants, samples, timeout_s)
+                break
         new_weights = average.result()
         metrics = weighted_metrics(reports)
         eval_metrics: dict[str, float] = {}
@@ -287,6 +331,19 @@ class Aggregator:
         return new_weights, RoundResult(round_no, who, samples, metrics, eval_metrics,
                                         stored.sha256, duration)
 
+    def _close_without(self, task: Task, round_no: int, participants: list[str],
+                       samples: dict[str, int], timeout_s: float) -> None:
+        """At the deadline: go on without the missing if enough updates came, else fail."""
+        missing = [p for p in participants if p not in samples]
+        needed = int(task.definition.get("min_updates") or len(participants))
+        if len(samples) < needed:
+            raise AggregationFailed(
+                f"round {round_no} closed at its {timeout_s:g} s deadline with {len(samples)} of "
+                f"{len(participants)} updates ({needed} needed); missing: {', '.join(missing)}")
+        self.client.record_missed(self.name, round_no, missing)
+        self.progress(f"task {task.name}: round {round_no} goes on without {', '.join(missing)} "
+                      f"(deadline {timeout_s:g} s)")
+
     def _accept(self, delivery: Received | Rejected, round_no: int, kind: str,
                 participants: list[str], done: dict[str, Any]) -> tuple[str, ArrayBundle] | None:
         """The sender and bundle of a valid message for this step; anything else is recorded."""
@@ -297,6 +354,8 @@ class Aggregator:
             self._reject(envelope_round, sender, delivery.reason, message_id)
             return None
         payload = delivery.payload
+        if self._historical(payload, kind):
+            return None
         problem = _envelope_problem(payload, self._task_id, round_no, kind, participants, done)
         if problem:
             self._reject(payload.round, payload.sender, problem, payload.message_id)
@@ -306,6 +365,15 @@ class Aggregator:
         except CodecError as exc:
             self._reject(round_no, payload.sender, f"undecodable payload: {exc}", payload.message_id)
             return None
+
+    def _historical(self, payload: Any, kind: str) -> bool:
+        """Whether a message is one an earlier aggregator of this task already dealt with."""
+        # After a restart the updates topic is read from its start: rounds already recorded
+        # (and the statistics, once past them) are history, not attacks; skip them quietly.
+        if self._resume_point < 0 or payload.task_id != self._task_id:
+            return False
+        stats_over = kind != dataplane.STATS and payload.kind == dataplane.STATS
+        return stats_over or (payload.kind == dataplane.UPDATE and payload.round <= self._resume_point)
 
     def _reject(self, round_no: int, sender: str, reason: str, message_id: str | None) -> None:
         self.progress(f"  rejected an update from {sender} (round {round_no}): {reason}")
@@ -323,7 +391,7 @@ class Aggregator:
 
     def _broadcast(self, task: Task, writer: PayloadWriter, kind: str, round_no: int,
                    payload: bytes) -> None:
-        writer.send(task.topics.broadcast, task_id=task.task_id, round=round_no, kind=kind,
+        writer.send(topics_of(task)[0], task_id=task.task_id, round=round_no, kind=kind,
                     sender=task.creator, payload=payload, key=task.creator)
 
     def _give_up(self, task: Task, writer: PayloadWriter, reason: str) -> None:
@@ -336,7 +404,7 @@ class Aggregator:
 
     def _stop_broadcast(self, task: Task, writer: PayloadWriter, reason: str) -> None:
         payload = encode_bundle(ArrayBundle(arrays={}, meta={"reason": reason}))
-        writer.send(task.topics.broadcast, task_id=task.task_id, round=0, kind=dataplane.STOP,
+        writer.send(topics_of(task)[0], task_id=task.task_id, round=0, kind=dataplane.STOP,
                     sender=task.creator, payload=payload, key=task.creator)
 
     def _record_failure(self, task: Task, writer: PayloadWriter, reason: str) -> None:
@@ -344,6 +412,21 @@ class Aggregator:
         if current.status in ("CREATED", "STARTED"):
             self.client.fail_task(self.name, reason)
             self.progress(f"task {task.name}: FAILED: {reason}")
+
+
+def topics_of(task: Task) -> tuple[str, str]:
+    """The task's (broadcast, updates) topics."""
+    if not task.topics.broadcast or not task.topics.updates:
+        raise AggregationFailed(f"task '{task.name}' has no data-plane topics")
+    return task.topics.broadcast, task.topics.updates
+
+
+def task_seed(task_id: str, definition: dict[str, Any] | None = None) -> int:
+    """The definition's `seed`, else one derived from the task: the same in every process."""
+    seed = (definition or {}).get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+        return seed % 2**32
+    return int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16)
 
 
 def _envelope_problem(payload: Any, task_id: str, round_no: int, kind: str,
@@ -385,7 +468,7 @@ def _deadline(timeout_s: float | None) -> float:
     return time.monotonic() + timeout_s if timeout_s else float("inf")
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 

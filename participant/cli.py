@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from api import cli_output as show
-from api.client import ClientError, MusketeerClient
+from api.client import ClientError, MusketeerClient, RetryPolicy
 from api.profile import Profile
 
 
@@ -39,7 +39,9 @@ def participate(
     data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,
                        options={k: v for k, v in options.items() if v is not None})
     try:
-        client = MusketeerClient.from_profile(api_url=api_url)
+        # A daemon outlives API restarts: wait up to five minutes, saying what for.
+        client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
+                                              on_wait=show.out().print)
         daemon = ParticipantDaemon(client, Profile.load(), data, output, only=task,
                                    progress=show.out().print)
         code = daemon.run()

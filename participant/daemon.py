@@ -130,7 +130,7 @@ class TaskWorker:
             if kind == dataplane.FINAL:
                 return self._finish(bundle, payload.data)
             if kind == dataplane.WEIGHTS and payload.round not in self.rounds_trained:
-                if skip_training:
+                if skip_training or self._already_recorded(payload.round):
                     self.say(f"skipped round {payload.round}: a newer round is already out")
                 else:
                     self._train_round(payload.round, writer)
@@ -173,8 +173,15 @@ class TaskWorker:
     def _train_round(self, round_no: int, writer: PayloadWriter) -> None:
         from participant.keras_model import evaluate
 
+        import keras
+
+        from aggregator.daemon import task_seed
+
         assert self._meta is not None
         started = time.monotonic()
+        # Seeded per task, participant and round: a re-run trains the same way.
+        base = task_seed(self.task.task_id, self.task.definition)
+        keras.utils.set_random_seed((base + task_seed(self.me) + round_no) % 2**32)
         self._model.fit(self.train.x, self.train.y, epochs=self._meta.epochs,
                         batch_size=self._meta.batch_size, verbose=0, shuffle=True)
         metrics = evaluate(self._model, self.test) if len(self.test) else {}
@@ -210,6 +217,13 @@ class TaskWorker:
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         self.say(f"final model saved to {model_path} (sha256 {digest[:12]}…)")
         return WorkerResult(self.task.name, self.rounds_trained, digest, model_path, metrics)
+
+    def _already_recorded(self, round_no: int) -> bool:
+        # After a restart the broadcast topic replays every round: train only the open one.
+        try:
+            return self.client.get_task(self.task.name).rounds_completed >= round_no
+        except ClientError:
+            return False
 
     def _check_still_running(self) -> None:
         try:
