@@ -113,10 +113,11 @@ def assert_recovered(run: Run, baseline: float) -> None:
     assert abs(final_accuracy(run) - baseline) <= 0.02, (final_accuracy(run), baseline)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def baseline(api: ApiProcess, broker: Any, topic_prefix: str,
              tmp_path_factory: pytest.TempPathFactory) -> float:
     """The final accuracy of the same task with no fault."""
+    # Session-wide: the database fault test (another module) compares with it too.
     run = run_task(api, broker.bootstrap, topic_prefix, tmp_path_factory.mktemp("baseline"))
     return final_accuracy(run)
 
