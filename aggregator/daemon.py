@@ -21,9 +21,10 @@ from schema import dataplane
 from schema.dataplane import ModelMeta, StatsMeta, UpdateMeta
 from streams.codec import ArrayBundle, CodecError, decode_bundle, encode_bundle
 from streams.events import EventFeed
-from streams.transport import PayloadReader, PayloadWriter, Received, Rejected
+from streams.transport import PayloadReader, Received, Rejected, ResilientWriter
 
 Progress = Callable[[str], None]
+_RESET_CHECK_S = 3.0
 
 
 class AggregationFailed(RuntimeError):
@@ -86,6 +87,12 @@ class Aggregator:
         self._task_id = ""
         self._resumed = False
         self._resume_point = -1
+        # What a broker that lost its topics must be sent again.
+        self._architecture: bytes | None = None
+        self._current: tuple[int, bytes] | None = None
+        self._writer: ResilientWriter | None = None
+        self._accepted_ids: dict[str, str] = {}
+        self._last_message_id = ""
         # Global feature statistics, when the task standardises (seed §3.4.2).
         self._mean: np.ndarray | None = None
         self._std: np.ndarray | None = None
@@ -99,7 +106,8 @@ class Aggregator:
         if task.creator != me:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
-        writer = PayloadWriter(self.bootstrap)
+        writer = ResilientWriter(self.bootstrap, on_retry=self.progress)
+        self._writer = writer
         try:
             task = self._wait_for_quorum(task)
             self._resumed = task.status == "STARTED"
@@ -114,7 +122,7 @@ class Aggregator:
             raise
         return self.results
 
-    def _train(self, task: Task, writer: PayloadWriter) -> None:
+    def _train(self, task: Task, writer: ResilientWriter) -> None:
         participants = sorted(p.username for p in task.participants)
         self._task_id = task.task_id
         done = task.rounds_completed
@@ -135,8 +143,10 @@ class Aggregator:
                 self._broadcast(task, writer, dataplane.ARCHITECTURE, 0,
                                 model_payload(meta, weights))
             evaluation = self._evaluation_data(meta)
+            self._architecture = model_payload(meta, weights)
             for round_no in range(done + 1, meta.rounds + 1):
                 payload = model_payload(meta, weights)
+                self._current = (round_no, payload)
                 self._broadcast(task, writer, dataplane.WEIGHTS, round_no, payload)
                 weights, result = self._round(task, updates, participants, meta, weights,
                                               round_no, model, evaluation)
@@ -237,7 +247,7 @@ class Aggregator:
 
     # -- federated standardisation (seed §3.4.2)
 
-    def _standardise(self, task: Task, writer: PayloadWriter, updates: PayloadReader,
+    def _standardise(self, task: Task, writer: ResilientWriter, updates: PayloadReader,
                      participants: list[str]) -> None:
         from participant.standardise import Moments, combine
 
@@ -267,7 +277,7 @@ class Aggregator:
         self.progress(f"task {task.name}: broadcast global mean and std of "
                       f"{sum(m.count for m in moments.values())} samples")
 
-    def _broadcast_statistics(self, task: Task, writer: PayloadWriter) -> None:
+    def _broadcast_statistics(self, task: Task, writer: ResilientWriter) -> None:
         assert self._mean is not None and self._std is not None
         arrays = {"mean": np.asarray(self._mean, dtype=np.float64),
                   "std": np.asarray(self._std, dtype=np.float64)}
@@ -288,7 +298,12 @@ class Aggregator:
         reports: list[tuple[dict[str, float], int]] = []
         timeout_s = float(task.definition.get("round_timeout_s") or self.options.round_timeout_s)
         deadline = _deadline(timeout_s)
+        next_check = time.monotonic() + _RESET_CHECK_S
+        self._accepted_ids = {}
         while len(samples) < len(participants):
+            if time.monotonic() > next_check:
+                self._recover_lost_topics(task, updates)
+                next_check = time.monotonic() + _RESET_CHECK_S
             for delivery in updates.poll(1.0):
                 accepted = self._accept(delivery, round_no, dataplane.UPDATE, participants, samples)
                 if accepted is None:
@@ -307,6 +322,7 @@ class Aggregator:
                     continue
                 # Folded at once: memory stays one model, however many participants.
                 average.add(update, update_meta.samples)
+                self._accepted_ids[sender] = self._last_message_id
                 samples[sender] = update_meta.samples
                 reports.append((update_meta.metrics, max(update_meta.test_samples, 1)))
             if time.monotonic() > deadline:
@@ -354,8 +370,9 @@ class Aggregator:
             self._reject(envelope_round, sender, delivery.reason, message_id)
             return None
         payload = delivery.payload
-        if self._historical(payload, kind):
+        if self._historical(payload, kind) or self._resent(payload):
             return None
+        self._last_message_id = payload.message_id
         problem = _envelope_problem(payload, self._task_id, round_no, kind, participants, done)
         if problem:
             self._reject(payload.round, payload.sender, problem, payload.message_id)
@@ -365,6 +382,29 @@ class Aggregator:
         except CodecError as exc:
             self._reject(round_no, payload.sender, f"undecodable payload: {exc}", payload.message_id)
             return None
+
+    def _resent(self, payload: Any) -> bool:
+        """A participant sending an update we already counted again (after a broker restart)."""
+        return self._accepted_ids.get(payload.sender) == payload.message_id
+
+    def _recover_lost_topics(self, task: Task, updates: PayloadReader) -> None:
+        """After a broker restart lost the topics: recreate them and broadcast this round again."""
+        if not updates.detect_reset():
+            return
+        from streams.topics import TopicAdmin
+
+        self.progress(f"task {task.name}: the broker lost the task's topics; recreating them "
+                      "and broadcasting the current round again")
+        TopicAdmin(self.bootstrap).create(list(topics_of(task)))
+        writer = self._writer
+        assert writer is not None
+        writer.renew()  # a restarted broker forgot our idempotent producer's state
+        if self._mean is not None:
+            self._broadcast_statistics(task, writer)
+        if self._architecture is not None:
+            self._broadcast(task, writer, dataplane.ARCHITECTURE, 0, self._architecture)
+        if self._current is not None:
+            self._broadcast(task, writer, dataplane.WEIGHTS, *self._current)
 
     def _historical(self, payload: Any, kind: str) -> bool:
         """Whether a message is one an earlier aggregator of this task already dealt with."""
@@ -389,12 +429,13 @@ class Aggregator:
 
     # -- broadcasting and giving up
 
-    def _broadcast(self, task: Task, writer: PayloadWriter, kind: str, round_no: int,
+    def _broadcast(self, task: Task, writer: ResilientWriter, kind: str, round_no: int,
                    payload: bytes) -> None:
+        writer = self._writer or writer
         writer.send(topics_of(task)[0], task_id=task.task_id, round=round_no, kind=kind,
                     sender=task.creator, payload=payload, key=task.creator)
 
-    def _give_up(self, task: Task, writer: PayloadWriter, reason: str) -> None:
+    def _give_up(self, task: Task, writer: ResilientWriter, reason: str) -> None:
         """Tell participants to stop and record TaskFailed; best effort, never masks the error."""
         for attempt in (self._stop_broadcast, self._record_failure):
             try:
@@ -402,12 +443,12 @@ class Aggregator:
             except Exception as exc:  # noqa: BLE001 - the original error is what matters
                 self.progress(f"  (could not {attempt.__name__.strip('_').replace('_', ' ')}: {exc})")
 
-    def _stop_broadcast(self, task: Task, writer: PayloadWriter, reason: str) -> None:
+    def _stop_broadcast(self, task: Task, writer: ResilientWriter, reason: str) -> None:
         payload = encode_bundle(ArrayBundle(arrays={}, meta={"reason": reason}))
-        writer.send(topics_of(task)[0], task_id=task.task_id, round=0, kind=dataplane.STOP,
+        (self._writer or writer).send(topics_of(task)[0], task_id=task.task_id, round=0, kind=dataplane.STOP,
                     sender=task.creator, payload=payload, key=task.creator)
 
-    def _record_failure(self, task: Task, writer: PayloadWriter, reason: str) -> None:
+    def _record_failure(self, task: Task, writer: ResilientWriter, reason: str) -> None:
         current = self.client.get_task(self.name)
         if current.status in ("CREATED", "STARTED"):
             self.client.fail_task(self.name, reason)

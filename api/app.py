@@ -59,7 +59,9 @@ class Services:
         self.settings = settings
         self.pool = ConnectionPool(
             settings.database_url, min_size=1, max_size=settings.db_pool_size,
-            open=False, timeout=10, kwargs={"autocommit": True},
+            # A short wait for a connection: with the database down, callers get a
+            # prompt 503 (and retry) rather than hanging on the pool.
+            open=False, timeout=3, kwargs={"autocommit": True},
         )
         self.store = EventStore(self.pool, projector=project)
         self.topics = BrokerTopics(settings.kafka_bootstrap_servers)

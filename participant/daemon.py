@@ -25,10 +25,11 @@ from schema import dataplane
 from schema.dataplane import ModelMeta, UpdateMeta
 from streams.codec import ArrayBundle, CodecError, decode_bundle, encode_bundle
 from streams.events import EventFeed
-from streams.transport import PayloadReader, PayloadWriter, Received
+from streams.transport import PayloadReader, ResilientWriter, Received
 
 Progress = Callable[[str], None]
 _STATUS_CHECK_S = 10.0
+_RESET_CHECK_S = 3.0
 
 
 class TaskStopped(RuntimeError):
@@ -74,6 +75,7 @@ class TaskWorker:
         self._meta: ModelMeta | None = None
         self._mean: np.ndarray | None = None
         self._std: np.ndarray | None = None
+        self._sent: tuple[int, bytes, str] | None = None
 
     def run(self) -> WorkerResult:
         """Train every round; save and return the final model."""
@@ -86,21 +88,27 @@ class TaskWorker:
             raw, definition.get("training_size"), definition.get("test_size"), self.data.seed)
         self.say(f"local data: {len(self.train_raw)} training and {len(self.test_raw)} test "
                  f"samples ({raw.name})")
-        writer = PayloadWriter(self.bootstrap)
+        writer = ResilientWriter(self.bootstrap, on_retry=self.say)
         if dataplane.wants_standardisation(definition):
             self._send_statistics(writer)
-        with PayloadReader(self.bootstrap, [self.task.topics.broadcast]) as broadcasts:
+        with PayloadReader(self.bootstrap, [str(self.task.topics.broadcast)]) as broadcasts:
             return self._follow(broadcasts, writer)
 
     def say(self, text: str) -> None:
         """Progress, prefixed with the task's name."""
-        self.progress(f"[{self.task.name}] {text}")
+        self.progress(f"{self.task.name}: {text}")
 
     # -- the broadcast loop
 
-    def _follow(self, broadcasts: PayloadReader, writer: PayloadWriter) -> WorkerResult:
+    def _follow(self, broadcasts: PayloadReader, writer: ResilientWriter) -> WorkerResult:
         next_check = time.monotonic() + _STATUS_CHECK_S
+        next_reset_check = time.monotonic() + _RESET_CHECK_S
         while True:
+            if time.monotonic() > next_reset_check:
+                if broadcasts.detect_reset():
+                    self.say("the broker lost the task's topics; following the re-broadcast")
+                    writer.renew()
+                next_reset_check = time.monotonic() + _RESET_CHECK_S
             messages = [d.payload for d in broadcasts.poll(1.0) if isinstance(d, Received)
                         and d.payload.task_id == self.task.task_id]
             for index, payload in enumerate(messages):
@@ -113,7 +121,7 @@ class TaskWorker:
                 self._check_still_running()
                 next_check = time.monotonic() + _STATUS_CHECK_S
 
-    def _handle(self, payload: Any, writer: PayloadWriter,
+    def _handle(self, payload: Any, writer: ResilientWriter,
                 skip_training: bool) -> WorkerResult | None:
         try:
             bundle = decode_bundle(payload.data)
@@ -129,7 +137,10 @@ class TaskWorker:
             self._load_model(bundle)
             if kind == dataplane.FINAL:
                 return self._finish(bundle, payload.data)
-            if kind == dataplane.WEIGHTS and payload.round not in self.rounds_trained:
+            if kind == dataplane.WEIGHTS and self._sent is not None \
+                    and self._sent[0] == payload.round and not self._already_recorded(payload.round):
+                self._resend(writer)
+            elif kind == dataplane.WEIGHTS and payload.round not in self.rounds_trained:
                 if skip_training or self._already_recorded(payload.round):
                     self.say(f"skipped round {payload.round}: a newer round is already out")
                 else:
@@ -159,7 +170,7 @@ class TaskWorker:
         self.train = prepare(self.train_raw, meta.input_shape, self._mean, self._std)
         self.test = prepare(self.test_raw, meta.input_shape, self._mean, self._std)
 
-    def _send_statistics(self, writer: PayloadWriter) -> None:
+    def _send_statistics(self, writer: ResilientWriter) -> None:
         from participant.prepare import feature_moments
 
         moments = feature_moments(self.train_raw)
@@ -170,7 +181,7 @@ class TaskWorker:
 
     # -- a round
 
-    def _train_round(self, round_no: int, writer: PayloadWriter) -> None:
+    def _train_round(self, round_no: int, writer: ResilientWriter) -> None:
         from participant.keras_model import evaluate
 
         import keras
@@ -188,15 +199,25 @@ class TaskWorker:
         weights = [np.asarray(w) for w in self._model.get_weights()]
         meta = UpdateMeta(samples=len(self.train), test_samples=len(self.test), metrics=metrics)
         arrays = {f"w{i:03d}": w for i, w in enumerate(weights)}
-        self._send(writer, dataplane.UPDATE, round_no,
-                   encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump())))
+        update = encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump()))
+        message_id = self._send(writer, dataplane.UPDATE, round_no, update)
+        # Kept until the next round: a broker that loses it gets the very same update again.
+        self._sent = (round_no, update, message_id)
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         self.say(f"round {round_no}: trained in {time.monotonic() - started:.1f} s; local test {shown}")
 
-    def _send(self, writer: PayloadWriter, kind: str, round_no: int, payload: bytes) -> None:
-        writer.send(self.task.topics.updates, task_id=self.task.task_id, round=round_no, kind=kind,
-                    sender=self.me, payload=payload, key=self.me)
+    def _send(self, writer: ResilientWriter, kind: str, round_no: int, payload: bytes,
+              message_id: str | None = None) -> str:
+        return writer.send(
+            str(self.task.topics.updates), task_id=self.task.task_id, round=round_no, kind=kind,
+            sender=self.me, payload=payload, key=self.me, message_id=message_id)
+
+    def _resend(self, writer: ResilientWriter) -> None:
+        assert self._sent is not None
+        round_no, update, message_id = self._sent
+        self._send(writer, dataplane.UPDATE, round_no, update, message_id)
+        self.say(f"round {round_no}: sent the same update again (it was broadcast again)")
 
     # -- the end
 
@@ -282,7 +303,7 @@ class ParticipantDaemon:
             thread = threading.Thread(target=self._work, args=(worker,), name=f"task-{task.name}",
                                       daemon=True)
             self.workers[task.name] = thread
-            self.progress(f"[{task.name}] started: joining training")
+            self.progress(f"{task.name}: started, joining training")
             thread.start()
 
     def _started_tasks(self) -> list[Task]:

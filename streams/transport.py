@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -98,9 +99,12 @@ class PayloadWriter:
         self._producer: ProducerLike = producer if producer is not None else Producer(config)
 
     def send(self, topic: str, *, task_id: str, round: int, kind: str, sender: str,
-             payload: bytes, key: str | None = None) -> str:
-        """Send `payload` in frames keyed by `key` (or sender); return its message id once all are acknowledged."""
-        frames = split(task_id, round, kind, sender, payload)
+             payload: bytes, key: str | None = None, message_id: str | None = None) -> str:
+        """Send `payload` in frames keyed by `key` (or sender); return its message id once all are acknowledged.
+
+        Re-sending a payload under its first `message_id` lets readers know it for a repeat.
+        """
+        frames = split(task_id, round, kind, sender, payload, message_id=message_id)
         outcome = _Acks()
         deadline = time.monotonic() + self.timeout_s
         # One key for every frame: they land on one partition, in order.
@@ -164,6 +168,45 @@ class _Acks:
             self.error = error
 
 
+class ResilientWriter:
+    """A PayloadWriter that starts over with a new producer when a send fails.
+
+    A broker restart (or a long outage) leaves an idempotent producer unable to
+    deliver; a new one can. Every attempt reuses the payload's message id, so a
+    reader that got an earlier attempt knows the next one for a repeat.
+    """
+
+    def __init__(self, bootstrap: str, *, attempts: int = 4, timeout_s: float = 45.0,
+                 on_retry: Callable[[str], None] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        self.on_retry = on_retry
+        self._writer = PayloadWriter(bootstrap, timeout_s=timeout_s)
+
+    def renew(self) -> None:
+        """Drop the producer and start a new one (after a broker restart)."""
+        self._writer = PayloadWriter(self.bootstrap, timeout_s=self.timeout_s)
+
+    def send(self, topic: str, *, task_id: str, round: int, kind: str, sender: str,
+             payload: bytes, key: str | None = None, message_id: str | None = None) -> str:
+        """Send like PayloadWriter.send, retrying with a new producer up to `attempts` times."""
+        message_id = message_id or uuid.uuid4().hex
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._writer.send(topic, task_id=task_id, round=round, kind=kind,
+                                         sender=sender, payload=payload, key=key,
+                                         message_id=message_id)
+            except StreamsError as exc:
+                if attempt == self.attempts:
+                    raise
+                if self.on_retry is not None:
+                    self.on_retry(f"could not send to {topic} ({exc}); retrying with a new "
+                                  f"connection ({attempt} of {self.attempts - 1} retries)")
+                self.renew()
+        raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class Received:
     """A complete, verified payload; offset is that of the frame that completed it."""
@@ -207,8 +250,11 @@ class PayloadReader:
         self._first_seen: dict[str, tuple[Envelope, _Where]] = {}
         self._consumer = Consumer(consumer_config(bootstrap, **_READER_OVERRIDES))
         self._closed = False
+        self._topics = list(topics)
+        self.resets = 0
         try:
-            self._consumer.assign(self._partitions(topics, from_beginning, timeout_s))
+            self._assigned = self._partitions(topics, from_beginning, timeout_s)
+            self._consumer.assign(self._assigned)
         except BaseException:
             self._consumer.close()
             raise
@@ -241,6 +287,45 @@ class PayloadReader:
         except KafkaException as exc:
             raise self._translate(exc, f"find the end of topic {topic!r}", timeout_s) from exc
         return int(high)
+
+    def detect_reset(self, timeout_s: float = 2.0) -> bool:
+        """Whether a topic was lost (a broker restart without storage); if so read it anew.
+
+        A topic that vanished, or whose end now lies before our position, was
+        recreated empty: every reader starts it again from the beginning.
+        """
+        lost = False
+        for partition in self._assigned:
+            probe = TopicPartition(partition.topic, partition.partition)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(probe, timeout=timeout_s)
+                position = self._consumer.position([probe])[0].offset
+            except KafkaException:
+                lost = True
+                continue
+            if position >= 0 and high < position:
+                lost = True
+        if lost:
+            self._start_over()
+        return lost
+
+    def _start_over(self) -> None:
+        # Recreate the topics, then read them with a brand-new consumer: the old one
+        # keeps metadata of the lost topics and would not fetch from the new ones.
+        from streams.topics import TopicAdmin
+
+        TopicAdmin(self.bootstrap).create(self._topics)
+        self._consumer.close()
+        self._consumer = Consumer(consumer_config(self.bootstrap, **_READER_OVERRIDES))
+        # As at start-up: metadata first (list_topics), then assign from the beginning.
+        self._assigned = self._partitions(self._topics, True, 10.0)
+        self._consumer.assign(self._assigned)
+        self._first_seen.clear()
+        self.reassembler = Reassembler(self.reassembler.max_pending_bytes,
+                                       self.reassembler.timeout_s)
+        self.resets += 1
+        _LOG.warning("topics %s were recreated on %s; reading them from the start",
+                     ", ".join(self._topics), self.bootstrap)
 
     def _translate(self, exc: KafkaException, what: str, timeout_s: float) -> StreamsError:
         error = exc.args[0]

@@ -27,8 +27,12 @@ def kill_postgres(pgdata: Path) -> None:
     pid = postgres_pid(pgdata)
     assert pid is not None
     server = psutil.Process(pid)
+    server.send_signal(signal.SIGSTOP)  # frozen: it starts no new backend meanwhile
     for process in [*server.children(recursive=True), server]:
-        process.send_signal(signal.SIGKILL)
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass  # a backend that exited on its own between listing and killing
     psutil.wait_procs([server], timeout=10)
 
 
