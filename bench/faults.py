@@ -51,14 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.apiproc import ApiProcess
 from infra.broker import start_broker
+from infra.procs import find_free_port
 from infra.postgres import postgres_pid, start_postgres, stop_postgres
 from schema import migrate
 from tests.conftest import drop_database, fresh_database, start_api
 from tests.test_faults import ROUNDS, Run, final_accuracy, run_task
 
-FAULTS = ("aggregator", "participant", "api", "postgres")
-UNSUPPORTED = {"broker": "not supported yet (the embedded broker comes back without its "
-                         "topics; recovering from that is not implemented)"}
+FAULTS = ("aggregator", "participant", "api", "postgres", "broker")
+UNSUPPORTED: dict[str, str] = {}
 PARTICIPANTS = ("john", "jack")
 KILLED_PARTICIPANT = "john"
 TRAINED = re.compile(r"round (\d+): trained in")
@@ -202,6 +202,9 @@ def setup(fault: str, platform: Platform, tmp: Path,
     elif fault == "postgres":
         with embedded_postgres(platform, tmp, moments) as pair:
             yield pair
+    elif fault == "broker":
+        with own_broker(platform, tmp, moments) as pair:
+            yield pair
     else:
         raise ValueError(f"unknown fault {fault!r}")
 
@@ -236,6 +239,31 @@ def embedded_postgres(platform: Platform, tmp: Path,
     finally:
         stop_postgres(pgdata)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_broker(platform: Platform, tmp: Path,
+               moments: Moments) -> Iterator[tuple[ApiProcess, Inject]]:
+    """A broker (and API) of the run's own, SIGKILLed and restarted empty on its port."""
+    port = find_free_port()
+    holder = {"broker": start_broker(port=port, log_path=tmp / "broker-own.log")}
+
+    def kill() -> None:
+        os.kill(holder["broker"].pid, signal.SIGKILL)
+        holder["broker"].stop()
+
+    def restart() -> None:
+        holder["broker"] = start_broker(port=port, log_path=tmp / "broker-own-2.log")
+
+    try:
+        api = start_api(platform.database_url, holder["broker"].bootstrap, tmp, platform.prefix)
+        try:
+            # Run the task's daemons against this broker, not the shared one.
+            yield api, injector(moments, kill, 1.0, restart)
+        finally:
+            api.stop()
+    finally:
+        holder["broker"].stop()
 
 
 def kill_postgres(pgdata: Path) -> None:
@@ -370,7 +398,9 @@ def run_once(fault: str, platform: Platform, tmp: Path, label: str) -> Outcome:
     try:
         with setup(fault, platform, tmp, moments) as (api, inject):
             try:
-                run = run_task(api, platform.bootstrap, platform.prefix, tmp, inject)
+                # The daemons use the broker their API uses (the broker fault has its own).
+                bootstrap = api.env.get("KAFKA_BOOTSTRAP_SERVERS", platform.bootstrap)
+                run = run_task(api, bootstrap, platform.prefix, tmp, inject)
             except BaseException:
                 kill_leftover_daemons()
                 raise
