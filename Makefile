@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/api_bench.py
 	$(PY) bench/round_bench.py
+	$(PY) bench/faults.py
 
 clean:
 	rm -rf $(VENV) .musketeer
