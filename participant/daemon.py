@@ -191,8 +191,12 @@ class TaskWorker:
         assert self._meta is not None
         started = time.monotonic()
         # Seeded per task, participant and round: a re-run trains the same way.
+        # The participant's place in the task (not its name) keeps re-runs of a seeded
+        # task identical even when the people in it have other names.
+        members = sorted(p.username for p in self.task.participants)
+        place = members.index(self.me) if self.me in members else task_seed(self.me)
         base = task_seed(self.task.task_id, self.task.definition)
-        keras.utils.set_random_seed((base + task_seed(self.me) + round_no) % 2**32)
+        keras.utils.set_random_seed((base + 1000 * place + round_no) % 2**32)
         self._model.fit(self.train.x, self.train.y, epochs=self._meta.epochs,
                         batch_size=self._meta.batch_size, verbose=0, shuffle=True)
         metrics = evaluate(self._model, self.test) if len(self.test) else {}
