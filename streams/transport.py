@@ -117,6 +117,16 @@ class PayloadWriter:
         self._raise_unless_acked(topic, outcome, len(frames), remaining)
         return frames[0][0].message_id
 
+    def discard(self) -> None:
+        """Give up on whatever is still queued (its producer went fatal): purge it, quietly."""
+        purge = getattr(self._producer, "purge", None)
+        try:
+            if purge is not None:
+                purge()
+            self._producer.flush(0)
+        except (KafkaException, SystemError, RuntimeError):
+            pass  # a fatal producer may refuse even this; it is dropped either way
+
     def _produce(self, topic: str, key: bytes, envelope: Envelope, chunk: memoryview,
                  outcome: _Acks, deadline: float) -> None:
         # confluent-kafka takes bytes, not memoryviews: one transient copy of
@@ -186,6 +196,7 @@ class ResilientWriter:
 
     def renew(self) -> None:
         """Drop the producer and start a new one (after a broker restart)."""
+        self._writer.discard()
         self._writer = PayloadWriter(self.bootstrap, timeout_s=self.timeout_s)
 
     def send(self, topic: str, *, task_id: str, round: int, kind: str, sender: str,
@@ -197,9 +208,13 @@ class ResilientWriter:
                 return self._writer.send(topic, task_id=task_id, round=round, kind=kind,
                                          sender=sender, payload=payload, key=key,
                                          message_id=message_id)
-            except StreamsError as exc:
+            except (StreamsError, KafkaException, SystemError) as exc:
+                # SystemError: confluent-kafka's way of surfacing an error raised while
+                # serving a delivery report of a producer that went fatal.
                 if attempt == self.attempts:
-                    raise
+                    if isinstance(exc, StreamsError):
+                        raise
+                    raise StreamsError(f"could not send to {topic}: {exc}") from exc
                 if self.on_retry is not None:
                     self.on_retry(f"could not send to {topic} ({exc}); retrying with a new "
                                   f"connection ({attempt} of {self.attempts - 1} retries)")
