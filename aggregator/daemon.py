@@ -19,7 +19,14 @@ from api.client import MusketeerClient, Task
 from api.profile import Profile
 from schema import dataplane
 from schema.dataplane import ModelMeta, StatsMeta, UpdateMeta
-from streams.codec import ArrayBundle, CodecError, decode_bundle, encode_bundle
+from streams.codec import (
+    ArrayBundle,
+    CodecError,
+    bundle_to_weights,
+    decode_bundle,
+    encode_bundle,
+    keras_weights_to_bundle,
+)
 from streams.events import EventFeed
 from streams.transport import PayloadReader, Received, Rejected, ResilientWriter
 
@@ -60,13 +67,8 @@ class RoundResult:
 
 def model_payload(meta: ModelMeta, weights: list[np.ndarray]) -> bytes:
     """A self-contained model: architecture and training settings in meta, weights as arrays."""
-    arrays = {f"w{i:03d}": np.ascontiguousarray(w) for i, w in enumerate(weights)}
-    return encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump()))
-
-
-def weights_of(bundle: ArrayBundle) -> list[np.ndarray]:
-    """The weights of a model bundle, in layer order."""
-    return [bundle.arrays[name] for name in sorted(bundle.arrays)]
+    contiguous = [np.ascontiguousarray(w) for w in weights]
+    return encode_bundle(keras_weights_to_bundle(contiguous, meta.model_dump()))
 
 
 class Aggregator:
@@ -166,7 +168,7 @@ class Aggregator:
         bundle = decode_bundle(content)
         meta = ModelMeta.model_validate(bundle.meta)
         model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
-        weights = weights_of(bundle)
+        weights = bundle_to_weights(bundle)
         model.set_weights(weights)
         if meta.feature_mean is not None and meta.feature_std is not None:
             self._mean = np.asarray(meta.feature_mean)
@@ -289,7 +291,12 @@ class Aggregator:
     def _round(self, task: Task, updates: PayloadReader, participants: list[str],
                meta: ModelMeta, weights: list[np.ndarray], round_no: int, model: Any,
                evaluation: Any) -> tuple[list[np.ndarray], RoundResult]:
-        from aggregator.fedavg import RunningAverage, check_update, template_of, weighted_metrics
+        from aggregator.fedavg import (
+            RunningAverage,
+            check_update,
+            template_of,
+            weighted_metrics,
+        )
 
         started = time.monotonic()
         template = template_of(weights)
@@ -315,7 +322,11 @@ class Aggregator:
                     self._reject(round_no, sender, f"malformed update metadata: {_first_line(exc)}",
                                  None)
                     continue
-                update = weights_of(bundle)
+                try:
+                    update = bundle_to_weights(bundle)
+                except CodecError as exc:
+                    self._reject(round_no, sender, f"malformed update: {exc}", None)
+                    continue
                 problem = check_update(template, update) or _metrics_problem(update_meta)
                 if problem:
                     self._reject(round_no, sender, problem, None)

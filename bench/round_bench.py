@@ -41,14 +41,13 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aggregator.daemon import weights_of
 from api.client import MusketeerClient, Task
 from infra.apiproc import start_api
 from infra.broker import start_broker
 from infra.procs import log_tail
 from schema import dataplane, migrate
 from schema.dataplane import UpdateMeta
-from streams.codec import ArrayBundle, decode_bundle, encode_bundle
+from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
 from streams.transport import PayloadReader, PayloadWriter, Received, Rejected
 
 PASSWORD = "bench-password"
@@ -161,10 +160,9 @@ class NoOpParticipant(threading.Thread):
 
     def _answer(self, writer: PayloadWriter, round_no: int, data: bytes) -> None:
         # The real participant's update (TaskWorker._train_round) minus the training.
-        weights = weights_of(decode_bundle(data))
+        weights = bundle_to_weights(decode_bundle(data))
         meta = UpdateMeta(samples=100, test_samples=0, metrics={})
-        arrays = {f"w{i:03d}": w for i, w in enumerate(weights)}
-        update = encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump()))
+        update = encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
         self.payload_bytes = len(update)
         # With --serialise-sends one update is on the wire at a time, so the
         # aggregator never sees frames of two updates interleaved.

@@ -189,18 +189,22 @@ def round_line(entry: Round, total: int) -> str:
 
 def final_evaluation(client: MusketeerClient, name: str, scenario_: Scenario) -> dict[str, Any]:
     """Download the final model through the API and score it on the held-out data."""
-    from aggregator.daemon import weights_of
     from participant.data import load_dataset
-    from participant.keras_model import compile_model, confusion_matrix, evaluate, model_from_json
+    from participant.keras_model import (
+        compile_model,
+        confusion_matrix,
+        evaluate,
+        model_from_json,
+    )
     from participant.prepare import prepare
     from schema.dataplane import ModelMeta
-    from streams.codec import decode_bundle
+    from streams.codec import bundle_to_weights, decode_bundle
 
     digest, content = client.download_model(name)
     bundle = decode_bundle(content)
     meta = ModelMeta.model_validate(bundle.meta)
     model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
-    model.set_weights(weights_of(bundle))
+    model.set_weights(bundle_to_weights(bundle))
     args = dict(zip(scenario_.eval_args[::2], scenario_.eval_args[1::2]))
     dataset = load_dataset(args["--eval-data"], shard=args.get("--eval-shard"),
                            seed=int(args.get("--eval-seed", 0)))

@@ -23,9 +23,16 @@ from api.client import ClientError, MusketeerClient, Task
 from api.profile import Profile
 from schema import dataplane
 from schema.dataplane import ModelMeta, UpdateMeta
-from streams.codec import ArrayBundle, CodecError, decode_bundle, encode_bundle
+from streams.codec import (
+    ArrayBundle,
+    CodecError,
+    bundle_to_weights,
+    decode_bundle,
+    encode_bundle,
+    keras_weights_to_bundle,
+)
 from streams.events import EventFeed
-from streams.transport import PayloadReader, ResilientWriter, Received
+from streams.transport import PayloadReader, Received, ResilientWriter
 
 Progress = Callable[[str], None]
 _STATUS_CHECK_S = 10.0
@@ -152,7 +159,6 @@ class TaskWorker:
     # -- model and data
 
     def _load_model(self, bundle: ArrayBundle) -> None:
-        from aggregator.daemon import weights_of
         from participant.keras_model import compile_model, model_from_json
 
         meta = ModelMeta.model_validate(bundle.meta)
@@ -160,7 +166,7 @@ class TaskWorker:
             self._model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
             self._meta = meta
             self._prepare_data(meta)
-        self._model.set_weights(weights_of(bundle))
+        self._model.set_weights(bundle_to_weights(bundle))
 
     def _prepare_data(self, meta: ModelMeta) -> None:
         from participant.prepare import prepare
@@ -182,11 +188,10 @@ class TaskWorker:
     # -- a round
 
     def _train_round(self, round_no: int, writer: ResilientWriter) -> None:
-        from participant.keras_model import evaluate
-
         import keras
 
         from aggregator.daemon import task_seed
+        from participant.keras_model import evaluate
 
         assert self._meta is not None
         started = time.monotonic()
@@ -202,8 +207,7 @@ class TaskWorker:
         metrics = evaluate(self._model, self.test) if len(self.test) else {}
         weights = [np.asarray(w) for w in self._model.get_weights()]
         meta = UpdateMeta(samples=len(self.train), test_samples=len(self.test), metrics=metrics)
-        arrays = {f"w{i:03d}": w for i, w in enumerate(weights)}
-        update = encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump()))
+        update = encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
         message_id = self._send(writer, dataplane.UPDATE, round_no, update)
         # Kept until the next round: a broker that loses it gets the very same update again.
         self._sent = (round_no, update, message_id)

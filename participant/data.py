@@ -146,7 +146,9 @@ def _resolve(argument: str | None, base: Path | None, source: str) -> Path:
 
 def _digits(argument: str | None, base: Path | None, seed: int,
             options: dict[str, Any]) -> Dataset:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: nothing downloads
+    from sklearn.datasets import (
+        load_digits,  # bundled with scikit-learn: nothing downloads
+    )
 
     if argument is not None:
         raise DataError(f"digits takes no argument (got {argument!r})")

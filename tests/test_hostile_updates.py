@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from aggregator.daemon import weights_of
 from schema import dataplane
 from schema.dataplane import UpdateMeta
-from streams.codec import ArrayBundle, decode_bundle, encode_bundle
+from streams.codec import (
+    bundle_to_weights,
+    decode_bundle,
+    encode_bundle,
+    keras_weights_to_bundle,
+)
 from streams.transport import PayloadReader, PayloadWriter, Received
 from tests.conftest import ApiProcess, unique
 from tests.training_support import daemon_env, member, spawn, wait_all
@@ -23,8 +27,7 @@ pytestmark = pytest.mark.integration
 
 def update_bytes(weights: list[np.ndarray], samples: int = 100) -> bytes:
     meta = UpdateMeta(samples=samples, test_samples=10, metrics={"accuracy": 0.5})
-    arrays = {f"w{i:03d}": w for i, w in enumerate(weights)}
-    return encode_bundle(ArrayBundle(arrays=arrays, meta=meta.model_dump()))
+    return encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
 
 
 def first_round_weights(bootstrap: str, topic: str, task_id: str, timeout_s: float = 120) -> list[np.ndarray]:
@@ -35,7 +38,7 @@ def first_round_weights(bootstrap: str, topic: str, task_id: str, timeout_s: flo
                 payload = getattr(delivery, "payload", None)
                 if (isinstance(delivery, Received) and payload.task_id == task_id
                         and payload.kind == dataplane.WEIGHTS and payload.round == 1):
-                    return [np.array(w) for w in weights_of(decode_bundle(payload.data))]
+                    return [np.array(w) for w in bundle_to_weights(decode_bundle(payload.data))]
     raise AssertionError("round 1 was never broadcast")
 
 

@@ -52,17 +52,16 @@ def test_three_sites_reach_ninety_percent_and_the_model_reproduces_it(
     assert digest == completed.data["model_sha256"]
 
     # Rebuild the downloaded model from its bytes alone and score it on the held-out shard.
-    from aggregator.daemon import weights_of
     from participant.data import load_dataset
     from participant.keras_model import compile_model, evaluate, model_from_json
     from participant.prepare import prepare
     from schema.dataplane import ModelMeta
-    from streams.codec import decode_bundle
+    from streams.codec import bundle_to_weights, decode_bundle
 
     bundle = decode_bundle(content)
     meta = ModelMeta.model_validate(bundle.meta)
     model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
-    model.set_weights(weights_of(bundle))
+    model.set_weights(bundle_to_weights(bundle))
     held_out = prepare(load_dataset(source, shard="4/4"), meta.input_shape)
     again = evaluate(model, held_out)["accuracy"]
     assert again == pytest.approx(reported, abs=1e-6)
