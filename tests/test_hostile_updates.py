@@ -20,7 +20,7 @@ from streams.codec import (
 )
 from streams.transport import PayloadReader, PayloadWriter, Received
 from tests.conftest import ApiProcess, unique
-from tests.training_support import daemon_env, member, spawn, wait_all
+from tests.training_support import daemon_env, dump, member, spawn, wait_all
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +28,20 @@ pytestmark = pytest.mark.integration
 def update_bytes(weights: list[np.ndarray], samples: int = 100) -> bytes:
     meta = UpdateMeta(samples=samples, test_samples=10, metrics={"accuracy": 0.5})
     return encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
+
+
+def wait_for_rejections(owner: Any, task: str, words: str, count: int, logs: dict[str, Path],
+                        timeout_s: float = 180) -> None:
+    """Wait until `count` of the task's UpdateRejected reasons contain `words`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reasons = [e.data["reason"] for e in owner.client.task_events(task)
+                   if e.type == "UpdateRejected"]
+        if sum(words in r for r in reasons) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} '{words}' rejections in {timeout_s} s: {reasons}\n"
+                         + dump(logs))
 
 
 def first_round_weights(bootstrap: str, topic: str, task_id: str, timeout_s: float = 120) -> list[np.ndarray]:
@@ -51,7 +65,7 @@ def test_hostile_updates_are_rejected_and_recorded(api: ApiProcess, broker: Any,
                                            "model": "digits-mlp", "learning_rate": 0.01})
     john.client.join(name)
     jack.client.join(name)
-    logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", "john", "jack")}
+    logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", john.name, jack.name)}
     processes = {"aggregator": spawn(["aggregate", name, "--round-timeout", "300"],
                                      daemon_env(api, alice, broker.bootstrap, topic_prefix),
                                      logs["aggregator"])}
@@ -76,14 +90,18 @@ def test_hostile_updates_are_rejected_and_recorded(api: ApiProcess, broker: Any,
     raw.produce(updates, value=b"\x00garbage\xff" * 10)                            # garbage bytes
     raw.flush(10)
 
-    # Act: the real participants join in.
-    for who in (john, jack):
-        processes[who.name] = spawn(["participate", name, "--dataset", "digits",
-                                     "--shard", f"{1 if who is john else 2}/3",
+    # Act: the real participants join in, john first. Round 1 cannot close before jack answers,
+    # so john's real round-1 update meets the forged one while the round is open.
+    def participate(who: Any, shard: str) -> None:
+        processes[who.name] = spawn(["participate", name, "--dataset", "digits", "--shard", shard,
                                      "--output", str(tmp_path / who.name)],
                                     daemon_env(api, who, broker.bootstrap, topic_prefix),
-                                    logs["john" if who is john else "jack"])
-    wait_all(processes, logs | {}, timeout_s=400)
+                                    logs[who.name])
+
+    participate(john, "1/3")
+    wait_for_rejections(alice, name, "duplicate update", count=2, logs=logs)
+    participate(jack, "2/3")
+    wait_all(processes, logs, timeout_s=400)
 
     # Assert: each hostile message left an UpdateRejected with its reason; every round completed.
     events = alice.client.task_events(name)
