@@ -14,7 +14,9 @@ order, and check its length exactly.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 import time
 import uuid
 from collections import OrderedDict
@@ -195,12 +197,56 @@ def split(
 # --- reassembly ---------------------------------------------------------------
 
 
+class _Spool:
+    """A payload's bytes in an unlinked temporary file: on disk (or the page cache), not the heap."""
+
+    def __init__(self, size: int, directory: str | None) -> None:
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed in close()
+        self.size = size
+
+    def write(self, offset: int, chunk: bytes | bytearray | memoryview) -> None:
+        view = memoryview(chunk).cast("B")
+        while view:
+            written = os.pwrite(self._file.fileno(), view, offset)
+            view, offset = view[written:], offset + written
+
+    def read(self, offset: int, length: int) -> bytes:
+        parts = []
+        while length > 0:
+            part = os.pread(self._file.fileno(), length, offset)
+            if not part:
+                raise FrameError(f"spool file ended {length} bytes early")
+            parts.append(part)
+            offset, length = offset + len(part), length - len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Memory:
+    """A payload's bytes in one buffer of the final size, filled in place."""
+
+    def __init__(self, size: int) -> None:
+        self._buffer = bytearray(size)
+        self.size = size
+
+    def write(self, offset: int, chunk: bytes | bytearray | memoryview) -> None:
+        memoryview(self._buffer)[offset:offset + len(chunk)] = chunk
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(memoryview(self._buffer)[offset:offset + length])
+
+    def close(self) -> None:
+        self._buffer = bytearray()
+
+
 @dataclass
 class _Pending:
-    """One incomplete payload: its first envelope, its buffer and which chunks have arrived."""
+    """One incomplete payload: its first envelope, its bytes so far and which chunks have arrived."""
 
     envelope: Envelope
-    buffer: bytearray
+    store: _Spool | _Memory
     received: bytearray
     missing: int
     last_progress: float
@@ -210,27 +256,45 @@ class _Pending:
 # chunk of a finished payload is ignored instead of opening a new one that
 # could only expire.
 _FINISHED_MEMORY = 4096
+# Payloads larger than this are reassembled in a temporary file rather than in
+# memory: many large updates arriving at once (their frames interleaved) then
+# cost disk, and the process holds only the payload being handed over.
+SPOOL_OVER_BYTES = 8 * 1024 * 1024
 
 
 class Reassembler:
-    """Collects frames into payloads, with bounded memory, a timeout and checksum verification."""
+    """Collects frames into payloads, with bounded memory, a timeout and checksum verification.
+
+    `max_pending_bytes` caps the total size of incomplete payloads. Payloads over
+    `spool_over_bytes` wait in unlinked temporary files under `spool_dir` (the
+    system's temporary directory by default), so that cap is mostly disk.
+    """
 
     def __init__(
         self,
-        max_pending_bytes: int = 512 * 1024 * 1024,
+        max_pending_bytes: int = 1024 * 1024 * 1024,
         timeout_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        spool_over_bytes: int = SPOOL_OVER_BYTES,
+        spool_dir: str | None = None,
     ) -> None:
         self.max_pending_bytes = max_pending_bytes
         self.timeout_s = timeout_s
+        self.spool_over_bytes = spool_over_bytes
+        self.spool_dir = spool_dir
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes held for incomplete payloads (their full sizes, allocated at the first chunk)."""
+        """Bytes reserved for incomplete payloads (their full sizes, reserved at the first chunk)."""
         return sum(p.envelope.payload_size for p in self._pending.values())
+
+    @property
+    def pending_in_memory(self) -> int:
+        """The part of pending_bytes held in memory rather than spooled to disk."""
+        return sum(p.store.size for p in self._pending.values() if isinstance(p.store, _Memory))
 
     def is_pending(self, message_id: str) -> bool:
         """Whether some but not all chunks of `message_id` have arrived."""
@@ -265,6 +329,12 @@ class Reassembler:
             self._finish(message_id)
         return stale
 
+    def clear(self) -> None:
+        """Drop every incomplete payload and forget finished ones (the topics were recreated)."""
+        for message_id in list(self._pending):
+            self._finish(message_id)
+        self._finished.clear()
+
     def _open(self, envelope: Envelope) -> _Pending:
         size = envelope.payload_size
         if self.pending_bytes + size > self.max_pending_bytes:
@@ -273,23 +343,34 @@ class Reassembler:
             self._finish(envelope.message_id)
             raise FrameError(f"message {envelope.message_id}: {size} more bytes would exceed the "
                              f"{self.max_pending_bytes}-byte cap on pending payloads")
-        # One buffer of the final size, filled in place: memory is bounded by
-        # the payload size however the chunks arrive, and no chunk is kept.
-        pending = _Pending(envelope, bytearray(size), bytearray(envelope.chunk_count),
+        # Storage of the final size, filled in place: chunks are placed the moment
+        # they arrive, in any order, and none is kept.
+        try:
+            store: _Spool | _Memory = (_Spool(size, self.spool_dir) if size > self.spool_over_bytes
+                                       else _Memory(size))
+        except OSError as exc:
+            self._finish(envelope.message_id)
+            raise FrameError(f"message {envelope.message_id}: cannot spool {size} bytes to "
+                             f"{self.spool_dir or tempfile.gettempdir()}: {exc}") from exc
+        pending = _Pending(envelope, store, bytearray(envelope.chunk_count),
                            envelope.chunk_count, self._clock())
         self._pending[envelope.message_id] = pending
         return pending
 
     def _place(self, pending: _Pending, index: int, offset: int, chunk: bytes | bytearray | memoryview) -> bool:
-        target = memoryview(pending.buffer)[offset:offset + len(chunk)]
         if pending.received[index]:
             # An exact duplicate (a redelivery) is harmless; a different chunk
             # under the same index is a forgery or a bug, and is refused.
-            if target != memoryview(chunk).cast("B"):
+            if pending.store.read(offset, len(chunk)) != memoryview(chunk).cast("B"):
                 raise FrameError(f"message {pending.envelope.message_id}: chunk {index} arrived "
                                  f"twice with different bytes")
             return False
-        target[:] = chunk
+        try:
+            pending.store.write(offset, chunk)
+        except OSError as exc:
+            self._finish(pending.envelope.message_id)
+            raise FrameError(f"message {pending.envelope.message_id}: cannot spool chunk {index}: "
+                             f"{exc}; dropped") from exc
         pending.received[index] = 1
         pending.missing -= 1
         pending.last_progress = self._clock()
@@ -297,18 +378,25 @@ class Reassembler:
 
     def _complete(self, pending: _Pending) -> Payload:
         envelope = pending.envelope
-        self._finish(envelope.message_id)
-        if hashlib.sha256(pending.buffer).hexdigest() != envelope.payload_sha256:
+        try:
+            # One bytes object of the payload's size: callers get an immutable
+            # payload that nothing else holds, and the store is freed below.
+            data = pending.store.read(0, envelope.payload_size)
+        except OSError as exc:
+            raise FrameError(f"message {envelope.message_id}: cannot read back the spooled "
+                             f"payload: {exc}; dropped") from exc
+        finally:
+            self._finish(envelope.message_id)
+        if hashlib.sha256(data).hexdigest() != envelope.payload_sha256:
             raise FrameError(f"message {envelope.message_id}: sha256 of the reassembled "
                              f"{envelope.payload_size} bytes does not match the envelope; dropped")
-        # bytes() copies once: callers get an immutable payload that nothing
-        # else holds, and the bytearray is freed on return.
         return Payload(envelope.task_id, envelope.round, envelope.kind, envelope.sender,
-                       envelope.message_id, envelope.payload_size, envelope.payload_sha256,
-                       bytes(pending.buffer))
+                       envelope.message_id, envelope.payload_size, envelope.payload_sha256, data)
 
     def _finish(self, message_id: str) -> None:
-        self._pending.pop(message_id, None)
+        pending = self._pending.pop(message_id, None)
+        if pending is not None:
+            pending.store.close()
         self._finished[message_id] = None
         if len(self._finished) > _FINISHED_MEMORY:
             self._finished.popitem(last=False)

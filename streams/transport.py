@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -62,6 +63,10 @@ _READER_OVERRIDES: dict[str, Any] = {
 # Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
 # values alive in Python at once.
 _CONSUME_BATCH = 16
+# poll() hands over payloads until their sizes pass this, then keeps the
+# frames it fetched for the next call: small payloads come in batches, large
+# ones one at a time.
+_DELIVER_BYTES = 8 * 1024 * 1024
 # Longest single wait inside poll(): an incomplete payload's expiry is noticed
 # within this, even during a long poll().
 _WAIT_SLICE_S = 0.5
@@ -263,6 +268,9 @@ class PayloadReader:
         # Where each pending payload's first frame was read: an expired
         # payload is reported there.
         self._first_seen: dict[str, tuple[Envelope, _Where]] = {}
+        # Frames taken from librdkafka but not yet handled: poll() stops after
+        # a large payload completes, so only one is in memory at a time.
+        self._backlog: deque[Message] = deque()
         self._consumer = Consumer(consumer_config(bootstrap, **_READER_OVERRIDES))
         self._closed = False
         self._topics = list(topics)
@@ -336,8 +344,8 @@ class PayloadReader:
         self._assigned = self._partitions(self._topics, True, 10.0)
         self._consumer.assign(self._assigned)
         self._first_seen.clear()
-        self.reassembler = Reassembler(self.reassembler.max_pending_bytes,
-                                       self.reassembler.timeout_s)
+        self._backlog.clear()
+        self.reassembler.clear()
         self.resets += 1
         _LOG.warning("topics %s were recreated on %s; reading them from the start",
                      ", ".join(self._topics), self.bootstrap)
@@ -357,8 +365,14 @@ class PayloadReader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            for message in self._next_messages(min(remaining, _WAIT_SLICE_S)):
-                deliveries += self._handle(message)
+            if not self._backlog:
+                self._backlog.extend(self._next_messages(min(remaining, _WAIT_SLICE_S)))
+            delivered = 0
+            while self._backlog and delivered <= _DELIVER_BYTES:
+                for delivery in self._handle(self._backlog.popleft()):
+                    deliveries.append(delivery)
+                    if isinstance(delivery, Received):
+                        delivered += delivery.payload.payload_size
             deliveries += self._expired()
         return deliveries
 

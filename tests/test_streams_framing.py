@@ -299,3 +299,89 @@ def test_pending_bytes_cap_refuses_new_payloads_until_room_is_freed() -> None:
     assert [p.data for p in feed(reassembler, big[1:])] == [payload_bytes(4000, seed=1)]
     assert reassembler.pending_bytes == 0
     assert [p.data for p in feed(reassembler, later)] == [payload_bytes(2000, seed=3)]
+
+
+# --- spooling large payloads to disk ------------------------------------------------
+
+
+def open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_spooled_payloads_reassemble_from_disk_and_hold_no_memory_while_pending() -> None:
+    """Payloads over spool_over_bytes wait in temporary files: none of their bytes are in memory
+    until one completes, and every file is closed afterwards."""
+    payloads = [payload_bytes(50_000 + i, seed=i) for i in range(4)]
+    frames = [f for i, p in enumerate(payloads) for f in frames_of(p, sender=f"p{i}")]
+    random.Random(3).shuffle(frames)
+    reassembler = Reassembler(spool_over_bytes=10_000)
+    fds_before = open_fds()
+
+    out = feed(reassembler, frames[:len(frames) // 2])
+    in_flight = reassembler.pending_bytes
+
+    assert in_flight > 0 and reassembler.pending_in_memory == 0
+    out += feed(reassembler, frames[len(frames) // 2:] + frames[:3])  # with three redeliveries
+    assert sorted(p.data for p in out) == sorted(payloads)
+    assert reassembler.pending_bytes == 0 and open_fds() == fds_before
+
+
+def test_spooled_payload_with_a_corrupted_chunk_is_dropped_whole() -> None:
+    """The sha256 is checked on the bytes read back from the spool file."""
+    frames = frames_of(payload_bytes(30_000))
+    envelope_0, chunk_0 = frames[0]
+    bad = [(envelope_0, bytes([chunk_0[0] ^ 1]) + chunk_0[1:]), *frames[1:]]
+    reassembler = Reassembler(spool_over_bytes=1000)
+
+    with pytest.raises(FrameError, match="sha256"):
+        feed(reassembler, bad)
+    assert reassembler.pending_bytes == 0
+
+
+def test_spooled_chunk_repeated_with_different_bytes_is_refused() -> None:
+    """A forged second copy of a chunk is compared with what the spool file holds."""
+    frames = frames_of(payload_bytes(30_000))
+    envelope_1, chunk_1 = frames[1]
+    reassembler = Reassembler(spool_over_bytes=1000)
+    feed(reassembler, frames[:2])
+
+    with pytest.raises(FrameError, match="twice with different bytes"):
+        reassembler.add(envelope_1, bytes(len(chunk_1)))
+
+
+def test_spool_directory_that_cannot_be_used_is_a_frame_error_naming_it(tmp_path: Any) -> None:
+    """A missing spool directory refuses the payload with a clear error, not an OSError."""
+    missing = tmp_path / "no-such-dir"
+    reassembler = Reassembler(spool_over_bytes=1000, spool_dir=str(missing))
+
+    with pytest.raises(FrameError, match="no-such-dir"):
+        feed(reassembler, frames_of(payload_bytes(30_000)))
+    assert reassembler.pending_bytes == 0
+
+
+def test_memory_of_interleaved_large_payloads_does_not_grow_with_their_number() -> None:
+    """Eight 4 MiB payloads whose frames interleave: the peak of Python allocations stays near
+    one payload when spooled, where reassembling in memory holds all eight at once."""
+    import tracemalloc
+
+    size = 4 * 1024 * 1024
+    payloads = [payload_bytes(size, seed=i) for i in range(8)]
+    streams = [frames_of(p, chunk_size=256 * 1024, sender=f"p{i}") for i, p in enumerate(payloads)]
+    interleaved = [frame for group in zip(*streams, strict=True) for frame in group]
+
+    def peak(reassembler: Reassembler) -> int:
+        tracemalloc.start()
+        try:
+            for env, chunk in interleaved:
+                reassembler.add(env, chunk)  # each payload is dropped as soon as it comes out
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    spooled = peak(Reassembler(spool_over_bytes=1024 * 1024))
+    in_memory = peak(Reassembler(spool_over_bytes=size))
+
+    assert spooled < 2 * size, spooled
+    assert in_memory > 8 * size, in_memory

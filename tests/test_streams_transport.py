@@ -104,6 +104,34 @@ def test_200_mb_payload_round_trips_in_frames_of_at_most_1_mib(broker: BrokerPro
     assert sum(length for _, length in frames) == len(payload)
 
 
+def test_large_payloads_are_handed_over_one_per_poll_and_small_ones_in_batches(
+        broker: BrokerProcess, topic: str, writer: PayloadWriter) -> None:
+    """Three 12 MiB payloads whose last frames arrive together still come out one per poll(),
+    so the reader never holds more than one of them; ten small ones may share a poll."""
+    large = [np.random.default_rng(i).bytes(12 * MiB) for i in range(3)]
+    producer = Producer(producer_config(broker.bootstrap))
+    streams = [split(payload=p, chunk_size=MAX_CHUNK_BYTES, **SEND) for p in large]
+    for group in zip(*streams, strict=True):  # interleaved, as from concurrent senders
+        for envelope, chunk in group:
+            producer.produce(topic, bytes(chunk), b"k", headers=envelope.to_headers())
+    assert producer.flush(30) == 0
+    for i in range(10):
+        writer.send(topic, payload=f"small {i}".encode(), **SEND)
+
+    polls: list[list[Received]] = []
+    with PayloadReader(broker.bootstrap, [topic]) as reader:
+        while sum(map(len, polls)) < 13:
+            got = received(read_until(reader, bool, timeout_s=30))
+            assert got, f"nothing more after {sum(map(len, polls))} payloads"
+            polls.append(got)
+
+    sizes = [[r.payload.payload_size for r in batch] for batch in polls]
+    assert all(len(batch) == 1 for batch in sizes if max(batch) > MiB), sizes
+    assert sorted(r.payload.data for batch in polls for r in batch if r.payload.payload_size > MiB) \
+        == sorted(large)
+    assert any(len(batch) > 1 for batch in sizes), sizes
+
+
 def wire_frames(bootstrap: str, topic: str, expected: int) -> list[tuple[Envelope, int]]:
     """Every frame on the topic as stored by the broker: its envelope and its value's length."""
     consumer = Consumer(consumer_config(bootstrap))
