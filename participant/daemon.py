@@ -83,6 +83,7 @@ class TaskWorker:
         self._mean: np.ndarray | None = None
         self._std: np.ndarray | None = None
         self._sent: tuple[int, bytes, str] | None = None
+        self._fresh: list[tuple[Any, np.ndarray]] = []
 
     def run(self) -> WorkerResult:
         """Train every round; save and return the final model."""
@@ -95,6 +96,10 @@ class TaskWorker:
             raw, definition.get("training_size"), definition.get("test_size"), self.data.seed)
         self.say(f"local data: {len(self.train_raw)} training and {len(self.test_raw)} test "
                  f"samples ({raw.name})")
+        # TensorFlow loads now, while the aggregator starts up, not once round 1 is
+        # under way and its deadline running.
+        import participant.keras_model  # noqa: F401
+
         writer = ResilientWriter(self.bootstrap, on_retry=self.say)
         if dataplane.wants_standardisation(definition):
             self._send_statistics(writer)
@@ -159,14 +164,28 @@ class TaskWorker:
     # -- model and data
 
     def _load_model(self, bundle: ArrayBundle) -> None:
-        from participant.keras_model import compile_model, model_from_json
+        from participant.keras_model import compile_model, keras, local_state, model_from_json
 
         meta = ModelMeta.model_validate(bundle.meta)
         if self._model is None or self._meta is None or meta.architecture != self._meta.architecture:
+            # Seeded before the layers exist: their random generators (dropout) take it up.
+            keras.utils.set_random_seed(self._seed(0))
             self._model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
+            self._fresh = local_state(self._model)
             self._meta = meta
             self._prepare_data(meta)
         self._model.set_weights(bundle_to_weights(bundle))
+
+    def _seed(self, round_no: int) -> int:
+        """Seeded per task, participant and round: a re-run trains the same way."""
+        from aggregator.daemon import task_seed
+
+        # The participant's place in the task (not its name) keeps re-runs of a seeded
+        # task identical even when the people in it have other names.
+        members = sorted(p.username for p in self.task.participants)
+        place = members.index(self.me) if self.me in members else task_seed(self.me)
+        base = task_seed(self.task.task_id, self.task.definition)
+        return (base + 1000 * place + round_no) % 2**32
 
     def _prepare_data(self, meta: ModelMeta) -> None:
         from participant.prepare import prepare
@@ -188,20 +207,14 @@ class TaskWorker:
     # -- a round
 
     def _train_round(self, round_no: int, writer: ResilientWriter) -> None:
-        import keras
-
-        from aggregator.daemon import task_seed
-        from participant.keras_model import evaluate
+        from participant.keras_model import evaluate, keras, restore_state
 
         assert self._meta is not None
         started = time.monotonic()
-        # Seeded per task, participant and round: a re-run trains the same way.
-        # The participant's place in the task (not its name) keeps re-runs of a seeded
-        # task identical even when the people in it have other names.
-        members = sorted(p.username for p in self.task.participants)
-        place = members.index(self.me) if self.me in members else task_seed(self.me)
-        base = task_seed(self.task.task_id, self.task.definition)
-        keras.utils.set_random_seed((base + 1000 * place + round_no) % 2**32)
+        # Every round starts from the global weights with a fresh optimizer and the
+        # round's seed: the update depends on nothing this process did before.
+        keras.utils.set_random_seed(self._seed(round_no))
+        restore_state(self._fresh)
         self._model.fit(self.train.x, self.train.y, epochs=self._meta.epochs,
                         batch_size=self._meta.batch_size, verbose=0, shuffle=True)
         metrics = evaluate(self._model, self.test) if len(self.test) else {}

@@ -20,7 +20,8 @@ from participant.dataset import Dataset
 
 # `keras` is exported so that other modules take it from here, after the logs are quietened.
 __all__ = ["ModelError", "check_config", "compile_model", "confusion_matrix", "evaluate",
-           "keras", "model_from_json", "model_to_json", "predict_proba"]
+           "keras", "local_state", "model_from_json", "model_to_json", "predict_proba",
+           "restore_state"]
 
 # Classes that carry Python code inside a JSON config; never accepted from another process.
 _CODE_CLASSES = frozenset({"Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda"})
@@ -95,6 +96,28 @@ def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def local_state(model: keras.Model) -> list[tuple[Any, np.ndarray]]:
+    """The compiled model's training state outside its weights, as it is now.
+
+    That is the optimizer's variables (step count, moments) and the random
+    generators' states (dropout). Restoring it before each round makes a
+    round's local update a function of the global weights, the local data and
+    the seed alone: a restarted participant trains a round exactly as the one
+    it replaces, and a recorded round can be re-computed.
+    """
+    model.optimizer.build(model.trainable_variables)
+    weights = {id(v) for v in model.weights}
+    variables = [*model.optimizer.variables,
+                 *(v for v in model.non_trainable_variables if id(v) not in weights)]
+    return [(v, np.array(v.numpy(), copy=True)) for v in variables]
+
+
+def restore_state(state: list[tuple[Any, np.ndarray]]) -> None:
+    """Put back what local_state() took."""
+    for variable, value in state:
+        variable.assign(value)
 
 
 def predict_proba(model: keras.Model, dataset: Dataset) -> np.ndarray:
