@@ -91,6 +91,18 @@ def api(database_url: str, broker: Any, topic_prefix: str,
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def baseline(api: ApiProcess, broker: Any, topic_prefix: str,
+             tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The final accuracy of the fault tests' task with no fault (tests/fault_support.py)."""
+    # Here, not in a test module: a session fixture imported into several modules would be
+    # computed once per module.
+    from tests.fault_support import final_accuracy, run_task
+
+    run = run_task(api, broker.bootstrap, topic_prefix, tmp_path_factory.mktemp("baseline"))
+    return final_accuracy(run)
+
+
 def fresh_database() -> str:
     """A new migrated database of its own, for tests that read the whole log."""
     name = f"musketeer_test_{uuid.uuid4().hex[:12]}"

@@ -12,13 +12,13 @@ import pytest
 from infra.broker import start_broker
 from infra.procs import find_free_port
 from tests.conftest import start_api
-from tests.test_faults import Run, assert_recovered, baseline, run_task  # noqa: F401 - fixture
+from tests.fault_support import Run, assert_recovered, run_task
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_killed_broker_restarts_and_the_daemons_rebuild_the_topics(
-    baseline: float, database_url: str, topic_prefix: str, tmp_path: Path  # noqa: F811
+    baseline: float, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     """The embedded broker keeps nothing: the daemons recreate the topics and redo the round."""
     if os.environ.get("MUSKETEER_TEST_KAFKA"):

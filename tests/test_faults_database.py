@@ -17,7 +17,7 @@ import pytest
 from infra.postgres import postgres_pid, start_postgres, stop_postgres
 from schema import migrate
 from tests.conftest import start_api
-from tests.test_faults import Run, assert_recovered, baseline, run_task  # noqa: F401 - fixture
+from tests.fault_support import Run, assert_recovered, run_task
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def kill_postgres(pgdata: Path) -> None:
 
 
 def test_a_killed_database_restarts_and_nothing_is_lost_or_doubled(
-    baseline: float, broker: Any, topic_prefix: str, tmp_path: Path  # noqa: F811
+    baseline: float, broker: Any, topic_prefix: str, tmp_path: Path
 ) -> None:
     """While PostgreSQL is down the API says 503 and why; afterwards the task completes intact."""
     # Not tmp_path: as root, the embedded server runs as another user who must enter it.

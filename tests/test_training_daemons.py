@@ -18,6 +18,22 @@ DIGITS = {"quorum": 1, "rounds": 2, "epochs": 3, "batch_size": 32, "learning_rat
           "model": "digits-mlp", "test_size": 40}
 
 
+def wait_for_text(log: Path, text: str, logs: dict[str, Path], timeout_s: float = 120) -> None:
+    """Wait until `text` appears in `log`."""
+    deadline = time.monotonic() + timeout_s
+    while not (log.exists() and text in log.read_text()):
+        assert time.monotonic() < deadline, f"no '{text}' in {log.name}:\n" + dump(logs)
+        time.sleep(0.2)
+
+
+def wait_for_file(path: Path, logs: dict[str, Path], timeout_s: float = 60) -> None:
+    """Wait until `path` exists."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared:\n" + dump(logs)
+        time.sleep(0.2)
+
+
 def test_one_participant_daemon_serves_two_tasks_at_once(api: ApiProcess, broker: Any,
                                                          topic_prefix: str, tmp_path: Path) -> None:
     """A daemon started before the second join trains both tasks; neither mixes messages."""
@@ -31,15 +47,19 @@ def test_one_participant_daemon_serves_two_tasks_at_once(api: ApiProcess, broker
                     "--output", str(tmp_path / "models")],
                    daemon_env(api, john, broker.bootstrap, topic_prefix), logs["john"])
     try:
-        time.sleep(2)  # the daemon is up and waiting before the second task even has its member
+        aggregators = {"alice": spawn(["aggregate", first, "--round-timeout", "300"],
+                                      daemon_env(api, alice, broker.bootstrap, topic_prefix),
+                                      logs["alice"])}
+        # The daemon is serving the first task before the second one even has its member.
+        wait_for_text(logs["john"], f"{first}: started, joining training", logs)
         john.client.join(second)
-        aggregators = {
-            "alice": spawn(["aggregate", first, "--round-timeout", "300"],
-                           daemon_env(api, alice, broker.bootstrap, topic_prefix), logs["alice"]),
-            "bob": spawn(["aggregate", second, "--round-timeout", "300"],
-                         daemon_env(api, bob, broker.bootstrap, topic_prefix), logs["bob"]),
-        }
+        aggregators["bob"] = spawn(["aggregate", second, "--round-timeout", "300"],
+                                   daemon_env(api, bob, broker.bootstrap, topic_prefix), logs["bob"])
         wait_all(aggregators, logs, timeout_s=400)
+        # The aggregators are done once they have broadcast the final model; the daemon saves it
+        # (report.json last) a moment later.
+        for name in (first, second):
+            wait_for_file(tmp_path / "models" / name / "report.json", logs)
         assert daemon.poll() is None, "the long-running daemon exited:\n" + dump(logs)
     finally:
         daemon.send_signal(signal.SIGINT)

@@ -21,7 +21,7 @@ def test_two_participants_train_digits_to_completion(api: ApiProcess, broker: An
     rounds = 3
     alice.client.create_task(name, {"quorum": 2, "rounds": rounds, "epochs": 5,
                                     "batch_size": 32, "learning_rate": 0.01,
-                                    "model": "digits-mlp", "test_size": 60})
+                                    "model": "digits-mlp", "test_size": 60, "seed": 1})
     john.client.join(name)
     jack.client.join(name)
     logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", "john", "jack")}

@@ -24,7 +24,7 @@ def test_three_sites_reach_ninety_percent_and_the_model_reproduces_it(
     name = unique("mnist")
     alice.client.create_task(name, {
         "quorum": 3, "rounds": 3, "epochs": 1, "batch_size": 64, "learning_rate": 0.002,
-        "training_size": 2000, "test_size": 300, "model": "mnist-cnn",
+        "training_size": 2000, "test_size": 300, "model": "mnist-cnn", "seed": 1,
     })
     for site in sites:
         site.client.join(name)
@@ -64,4 +64,5 @@ def test_three_sites_reach_ninety_percent_and_the_model_reproduces_it(
     model.set_weights(bundle_to_weights(bundle))
     held_out = prepare(load_dataset(source, shard="4/4"), meta.input_shape)
     again = evaluate(model, held_out)["accuracy"]
-    assert again == pytest.approx(reported, abs=1e-6)
+    # The same predictions; a float tie broken differently by another thread count may move one.
+    assert again == pytest.approx(reported, abs=1.01 / len(held_out))

@@ -38,7 +38,7 @@ def test_welding_trains_federated_with_global_standardisation(
     name = unique("welding")
     definition = {"quorum": 2, "rounds": 3, "epochs": 5, "batch_size": 32,
                   "learning_rate": 0.01, "training_size": 1500, "test_size": 300,
-                  "model": "welding-mlp", "standardise": True}
+                  "model": "welding-mlp", "standardise": True, "seed": 1}
     task = alice.client.create_task(name, definition)
     fps2.client.join(name)
     fpd2.client.join(name)
