@@ -1,16 +1,17 @@
 """Benchmark recovery from faults: how soon rounds resume after a component is killed and restarted.
 
-Runs the task of tests/test_faults.py (4 rounds of digits, two participants and the
+Runs the task of tests/fault_support.py (4 rounds of digits, two participants and the
 aggregator as real processes) once without a fault and once per fault. A fault is
-injected as the tests inject it: once round 2 is recorded (round 3 under way) the
-component is SIGKILLed, left down for a moment, and started again.
+injected as the tests inject it, but later: once round 2 is recorded (round 3 under way)
+the component is SIGKILLed, left down for a moment, and started again.
 
     aggregator   the aggregator daemon (down 1 s)
     participant  john's participant daemon (down 1 s)
     api          the API process, on an API of its own (down 2 s)
     postgres     an embedded PostgreSQL of its own (pgserver, in a tempfile.mkdtemp
                  folder, as tests/test_faults_database.py runs it; down 3 s)
-    broker       not supported yet: reported as such, never faked
+    broker       a broker (and API) of its own, SIGKILLed and restarted empty (tansu keeps
+                 nothing), as tests/test_faults_broker.py does (down 1 s)
 
 For each fault it prints the time from the restart to the next recorded round, the
 rounds redone (defined under the table), whether every round was recorded exactly
@@ -55,7 +56,7 @@ from infra.procs import find_free_port
 from infra.postgres import postgres_pid, start_postgres, stop_postgres
 from schema import migrate
 from tests.conftest import drop_database, fresh_database, start_api
-from tests.test_faults import ROUNDS, Run, final_accuracy, run_task
+from tests.fault_support import ROUNDS, Run, final_accuracy, run_task
 
 FAULTS = ("aggregator", "participant", "api", "postgres", "broker")
 UNSUPPORTED: dict[str, str] = {}
@@ -125,7 +126,7 @@ class LogWatcher(threading.Thread):
 
 
 def _who(path: Path) -> str:
-    # Run logs are "<task>-<who>.log" (tests/test_faults.py); an API's is "api-<port>.log".
+    # Run logs are "<task>-<who>.log" (tests/fault_support.py); an API's is "api-<port>.log".
     return "api" if path.stem.startswith("api-") else path.stem.rsplit("-", 1)[-1]
 
 
@@ -180,7 +181,7 @@ def injector(moments: Moments, kill: Callable[[], None], down_s: float,
 
 
 def daemon_fault(who: str, moments: Moments) -> Callable[[Run], None]:
-    """Kill and restart a daemon of the run, as restart_after_kill in tests/test_faults.py."""
+    """Kill and restart a daemon of the run, as restart_after_kill in tests/fault_support.py."""
 
     def inject(run: Run) -> None:
         moments.who = who
@@ -400,7 +401,7 @@ def run_once(fault: str, platform: Platform, tmp: Path, label: str) -> Outcome:
             try:
                 # The daemons use the broker their API uses (the broker fault has its own).
                 bootstrap = api.env.get("KAFKA_BOOTSTRAP_SERVERS", platform.bootstrap)
-                run = run_task(api, bootstrap, platform.prefix, tmp, inject)
+                run = run_task(api, bootstrap, platform.prefix, tmp, inject, fault_after=2)
             except BaseException:
                 kill_leftover_daemons()
                 raise
@@ -483,7 +484,7 @@ def print_table(results: Results, faults: list[str]) -> None:
 def print_notes(results: Results, faults: list[str]) -> None:
     print(f"""
 The task: {ROUNDS} rounds of digits-mlp, 2 participants (john, jack) and the aggregator as
-processes (tests/test_faults.py). The fault is injected once round 2 is recorded: the component
+processes (tests/fault_support.py). The fault is injected once round 2 is recorded: the component
 is SIGKILLed in round 3, stays down ("down s", kill to restart moment), and is started again.
 restart → next round s = recorded_at of the first RoundCompleted recorded after the restart
 moment, minus that moment. The restart moment is the wall-clock time right after the component
