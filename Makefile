@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo lint test test-fast bench clean
 
 # (Re)create the virtualenv and install the project with what the demo and tests need.
 $(STAMP): pyproject.toml
@@ -19,7 +19,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/musketeer demo
 
-test: $(STAMP)
+# Style (ruff) and types (mypy --strict on the packages), as configured in pyproject.toml.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -ra
 
 bench: $(STAMP)

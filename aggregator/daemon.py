@@ -28,6 +28,7 @@ from streams.codec import (
     keras_weights_to_bundle,
 )
 from streams.events import EventFeed
+from streams.framing import Payload
 from streams.transport import PayloadReader, Received, Rejected, ResilientWriter
 
 Progress = Callable[[str], None]
@@ -394,7 +395,7 @@ class Aggregator:
             self._reject(round_no, payload.sender, f"undecodable payload: {exc}", payload.message_id)
             return None
 
-    def _resent(self, payload: Any) -> bool:
+    def _resent(self, payload: Payload) -> bool:
         """A participant sending an update we already counted again (after a broker restart)."""
         return self._accepted_ids.get(payload.sender) == payload.message_id
 
@@ -417,7 +418,7 @@ class Aggregator:
         if self._current is not None:
             self._broadcast(task, writer, dataplane.WEIGHTS, *self._current)
 
-    def _historical(self, payload: Any, kind: str) -> bool:
+    def _historical(self, payload: Payload, kind: str) -> bool:
         """Whether a message is one an earlier aggregator of this task already dealt with."""
         # After a restart the updates topic is read from its start: rounds already recorded
         # (and the statistics, once past them) are history, not attacks; skip them quietly.
@@ -451,7 +452,7 @@ class Aggregator:
         for attempt in (self._stop_broadcast, self._record_failure):
             try:
                 attempt(task, writer, reason)
-            except Exception as exc:  # noqa: BLE001 - the original error is what matters
+            except Exception as exc:
                 self.progress(f"  (could not {attempt.__name__.strip('_').replace('_', ' ')}: {exc})")
 
     def _stop_broadcast(self, task: Task, writer: ResilientWriter, reason: str) -> None:

@@ -57,8 +57,8 @@ __all__ = [
     "Topics",
     "User",
     "ValidationFailed",
-    "VersionConflictError",
     "VerifyReport",
+    "VersionConflictError",
 ]
 
 USER_AGENT = "musketeer-client/0.1"

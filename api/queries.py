@@ -133,7 +133,7 @@ def list_tasks(conn: Conn, filters: TaskFilter, viewer: str) -> TaskPage:
     """A page of tasks, newest first, with a cursor to the next page."""
     where, params = _where(filters, viewer)
     rows = conn.execute(
-        f"SELECT * FROM tasks{where} ORDER BY created_position DESC LIMIT %s",  # noqa: S608
+        f"SELECT * FROM tasks{where} ORDER BY created_position DESC LIMIT %s",
         [*params, filters.limit + 1],
     ).fetchall()
     page, more = rows[: filters.limit], len(rows) > filters.limit
@@ -192,7 +192,7 @@ def user_view(conn: Conn, username: str) -> dict[str, Any]:
     return dict(row)
 
 
-__all__ = ["task_id_by_name", "list_tasks", "get_task", "task_events", "task_state", "user_view"]
+__all__ = ["get_task", "list_tasks", "task_events", "task_id_by_name", "task_state", "user_view"]
 
 
 class RoundView(BaseModel):

@@ -36,7 +36,7 @@ class ReplayReport:
 
 
 def _snapshot(conn: psycopg.Connection[Any], table: str) -> dict[str, tuple[Any, ...]]:
-    cur = conn.execute(f"SELECT * FROM {table} ORDER BY {_ORDER[table]}")  # noqa: S608
+    cur = conn.execute(f"SELECT * FROM {table} ORDER BY {_ORDER[table]}")
     keys = [c.strip() for c in _ORDER[table].split(",")]
     names = [col.name for col in cur.description or []]
     rows: dict[str, tuple[Any, ...]] = {}

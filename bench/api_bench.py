@@ -26,9 +26,9 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.apiproc import start_api  # noqa: E402
-from infra.broker import start_broker  # noqa: E402
-from schema import migrate  # noqa: E402
+from infra.apiproc import start_api
+from infra.broker import start_broker
+from schema import migrate
 
 PASSWORD = "bench-password"
 
@@ -80,7 +80,7 @@ def bench_api(url: str, clients: int, ops: int, run: str) -> list[tuple[str, int
     def create(i: int) -> list[float]:
         with httpx.Client(base_url=url, timeout=60,
                           headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
-            return [timed(lambda: http.post("/v1/tasks", json={
+            return [timed(lambda k=k: http.post("/v1/tasks", json={
                 "name": f"t{run}-{i}-{k}",
                 "definition": {"quorum": 1, "rounds": 1, "max_participants": clients}}), 201)
                 for k in range(ops)]
@@ -92,7 +92,7 @@ def bench_api(url: str, clients: int, ops: int, run: str) -> list[tuple[str, int
         owner = (i + 1) % clients  # everyone joins the tasks of the next user
         with httpx.Client(base_url=url, timeout=60,
                           headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
-            return [timed(lambda: http.post(f"/v1/tasks/t{run}-{owner}-{k}/join"), 200)
+            return [timed(lambda k=k: http.post(f"/v1/tasks/t{run}-{owner}-{k}/join"), 200)
                     for k in range(ops)]
 
     latencies, wall = run_concurrently(clients, join)

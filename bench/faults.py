@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.apiproc import ApiProcess
 from infra.broker import start_broker
-from infra.procs import find_free_port
 from infra.postgres import postgres_pid, start_postgres, stop_postgres
+from infra.procs import find_free_port
 from schema import migrate
 from tests.conftest import drop_database, fresh_database, start_api
 from tests.fault_support import ROUNDS, Run, final_accuracy, run_task
@@ -553,7 +553,7 @@ def run_all(platform: Platform, work: Path, args: argparse.Namespace) -> Results
             began = time.monotonic()
             try:
                 outcome = run_once(fault, platform, work / f"{fault}-{repeat}", label)
-            except Exception as exc:  # noqa: BLE001 - one failed run must not hide the others
+            except Exception as exc:
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 results.failures.setdefault(fault, []).append(reason)
                 print(f"== {label}: FAILED after {time.monotonic() - began:.1f} s: {exc}",
@@ -587,7 +587,7 @@ def main() -> int:
               f"{args.repeat} run(s) each; logs in {work}", flush=True)
         results = run_all(Platform(database_url, broker.bootstrap, api, prefix), work, args)
         ok = not results.failures
-    except Exception as exc:  # noqa: BLE001 - reported with the logs kept, after the clean-up
+    except Exception as exc:
         print(f"fault bench FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -133,7 +133,7 @@ class NoOpParticipant(threading.Thread):
     def run(self) -> None:
         try:
             self._follow()
-        except BaseException as exc:  # noqa: BLE001 - reported by the bench, not lost in a thread
+        except BaseException as exc:
             self.error = exc
 
     def _follow(self) -> None:

@@ -11,6 +11,7 @@ chart, and shuts down what it started.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from rich.rule import Rule
 from rich.table import Table
 
 from api.cli_output import events_table, task_panel, tasks_table
-from api.client import ConflictError, MusketeerClient, Round
+from api.client import ConflictError, MusketeerClient
+from api.client_models import Round
 from api.profile import Profile
 from infra import platform
 from infra.daemons import daemon_environment, describe_logs, spawn_musketeer
@@ -159,8 +161,11 @@ class Demo:
 
     def _spawn(self, name: str) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, Path]]:
         bootstrap = self.profile.kafka_bootstrap_servers or ""
-        env = lambda who: daemon_environment(  # noqa: E731
-            self.profile.api_url, self.clients[who].token or "", bootstrap, self.profile.topic_prefix)
+
+        def env(who: str) -> dict[str, str]:
+            return daemon_environment(self.profile.api_url, self.clients[who].token or "",
+                                      bootstrap, self.profile.topic_prefix)
+
         logs = {who: self.logs_dir / f"demo-{who}.log" for who in ("aggregator", "john", "jack")}
         processes = {"aggregator": spawn_musketeer(
             ["aggregate", name, *self.scenario.eval_args, "--round-timeout", "600"],
@@ -253,7 +258,7 @@ def write_chart(rounds: list[Round], path: Path, title: str) -> None:
 
     numbers = [r.round for r in rounds]
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-    axes.plot(numbers, [r.metrics.get("accuracy") for r in rounds], marker="o",
+    axes.plot(numbers, [r.metrics.get("accuracy", math.nan) for r in rounds], marker="o",
               label="participants' local test (weighted)")
     if all("accuracy" in r.eval_metrics for r in rounds):
         axes.plot(numbers, [r.eval_metrics["accuracy"] for r in rounds], marker="s",

@@ -28,7 +28,7 @@ def test_mnist_idx_folder_gives_scaled_images_and_digit_labels() -> None:
     ds = load_dataset(f"mnist:{MNIST_DIR}")
     assert ds.x.shape == (10_000, 28, 28, 1) and ds.x.dtype == np.float32
     assert ds.y.dtype == np.int64 and ds.num_classes == 10
-    assert 0.0 <= ds.x.min() and ds.x.max() == 1.0
+    assert ds.x.min() >= 0.0 and ds.x.max() == 1.0
     assert ds.y[:5].tolist() == [7, 2, 1, 0, 4]  # the well-known first t10k labels
     assert set(np.unique(ds.y)) == set(range(10))
 

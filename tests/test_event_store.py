@@ -98,9 +98,8 @@ def test_idempotent_retry_appends_nothing_and_returns_first_result(store: EventS
     second = command()
     assert first == second
     assert len(store.read_stream(stream)) == 1
-    with pytest.raises(IdempotencyKeyReused):
-        with store.session() as session:
-            session.idempotent_response(actor, key, "another-request")
+    with pytest.raises(IdempotencyKeyReused), store.session() as session:
+        session.idempotent_response(actor, key, "another-request")
 
 
 def test_rebuilding_projections_gives_identical_rows(store: EventStore, database_url: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ApiProcess, start_api
-from tests.fault_support import ROUNDS, assert_recovered, restart_after_kill, run_task
+from tests.fault_support import ROUNDS, Run, assert_recovered, restart_after_kill, run_task
+from tests.training_support import dump
 
 pytestmark = pytest.mark.integration
 
