@@ -16,13 +16,13 @@ import time
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from api.retention import sweep, sweep_interval_s
 from api.settings import Settings
 from api.store import NOTIFY_CHANNEL, read_all_from
 from schema.events import RecordedEvent
-from streams.config import producer_config
+from streams.config import consumer_config, producer_config
 from streams.errors import StreamsError
 from streams.topics import TopicAdmin
 
@@ -62,7 +62,7 @@ class OutboxRelay:
         while not self._stop.is_set():
             try:
                 self._lead()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("relay paused: %s", exc)
                 self._stop.wait(2.0)
 
@@ -78,15 +78,28 @@ class OutboxRelay:
             log.info("relay is leader; publishing to %s", self.settings.events_topic)
             _ensure_topic(self.settings)
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            # Idempotence keeps broker order equal to log order through retries.
-            producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
-            position = _last_position(conn)
-            next_sweep = 0.0
-            while not self._stop.is_set():
-                position = self._publish_batch(conn, producer, position)
-                if time.monotonic() >= next_sweep:
-                    self._sweep(conn)
-                    next_sweep = time.monotonic() + sweep_interval_s(self.settings.topic_retention_s)
+            # Idempotence keeps broker order equal to log order through retries. Never
+            # auto-create the topic: a broker's default would give it several partitions.
+            producer = Producer(producer_config(self.settings.kafka_bootstrap_servers,
+                                                **{"allow.auto.create.topics": False}))
+            topic = _EventsTopic(self.settings)
+            try:
+                position = _last_position(conn)
+                if position and topic.lost():
+                    log.warning("topic %s is empty although events up to position %d were "
+                                "published (a broker restarted without its data?); publishing "
+                                "the log again from the start", self.settings.events_topic, position)
+                    position = 0
+                next_sweep = 0.0
+                while not self._stop.is_set():
+                    if position and topic.lost():
+                        raise TopicLost(f"topic {self.settings.events_topic} lost its events")
+                    position = self._publish_batch(conn, producer, position)
+                    if time.monotonic() >= next_sweep:
+                        self._sweep(conn)
+                        next_sweep = time.monotonic() + sweep_interval_s(self.settings.topic_retention_s)
+            finally:
+                topic.close()
 
     def _sweep(self, conn: psycopg.Connection[Any]) -> None:
         # Retention rides on the leader so exactly one process deletes topics;
@@ -125,6 +138,35 @@ class OutboxRelay:
         )
         self.published += len(records)
         return last
+
+
+class TopicLost(StreamsError):
+    """The events topic no longer holds what was published to it; leadership starts over."""
+
+
+class _EventsTopic:
+    """Asks the broker whether the events topic lost what was published to it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.events_topic
+        self._consumer = Consumer(consumer_config(settings.kafka_bootstrap_servers))
+
+    def lost(self) -> bool:
+        """Whether the topic is gone or empty (asked when something was published before).
+
+        Kafka's offsets only grow, even when retention deletes old messages: an empty
+        topic after publishing was recreated, by a broker that restarted without its
+        data. Asked before every batch (and about once a second when idle), so only a
+        batch already on its way at the restart can reach the new topic unnoticed.
+        """
+        metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return True
+        return all(self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] == 0
+                   for p in metadata.partitions)
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def _ensure_topic(settings: Settings) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from psycopg_pool import ConnectionPool
 
 from api.projections import project
 from api.store import ANY, EventStore, NewEvent
+from infra.broker import start_broker
+from infra.procs import find_free_port
 from schema.events import ParticipantJoined
 from streams.config import consumer_config
 from tests.conftest import drop_database, fresh_database, start_api, unique
@@ -141,3 +145,28 @@ def test_only_one_of_two_api_processes_relays(own_database: str, broker: Any,
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_broker_that_restarts_empty_gets_the_whole_log_again(own_database: str, tmp_path: Path) -> None:
+    """The embedded broker keeps nothing: once it is back, the relay publishes the log from the
+    start, so a new consumer of `<prefix>.events` again sees every event, in order."""
+    if os.environ.get("MUSKETEER_TEST_KAFKA"):
+        pytest.skip("this test kills the embedded broker; a real Kafka is not ours to kill")
+    port = find_free_port()
+    broker = start_broker(port=port, log_path=tmp_path / "tansu.log")
+    prefix = unique("reset").replace("-", "")
+    api = start_api(own_database, broker.bootstrap, tmp_path, prefix)
+    try:
+        with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
+            store = EventStore(pool, projector=project)
+            append_events(store, 40)
+            assert_complete_and_ordered(read_topic(broker.bootstrap, f"{prefix}.events", 40), 40)
+            os.kill(broker.pid, signal.SIGKILL)
+            broker.stop()
+            broker = start_broker(port=port, log_path=tmp_path / "tansu-2.log")
+            append_events(store, 30)
+            messages = read_topic(broker.bootstrap, f"{prefix}.events", 70, timeout_s=90)
+        assert_complete_and_ordered(messages, 70)
+    finally:
+        api.stop()
+        broker.stop()
