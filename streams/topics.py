@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -75,6 +75,27 @@ class TopicAdmin:
     def exists(self, name: str) -> bool:
         """Whether topic `name` exists."""
         return name in self.list()
+
+    def ids(self, names: Sequence[str]) -> dict[str, str | None]:
+        """Each topic's id (None for a topic that does not exist).
+
+        A topic deleted and created again under the same name gets a new id: that is
+        how a reader tells a recreated topic (a broker restarted empty) from the one it
+        was reading, whatever its offsets. Raise StreamsError if the broker cannot say.
+        """
+        futures = self._admin.describe_topics(TopicCollection(list(names)),
+                                              request_timeout=self.timeout_s) if names else {}
+        ids: dict[str, str | None] = {}
+        for topic, future in futures.items():
+            try:
+                ids[topic] = str(future.result(timeout=self.timeout_s + 1).topic_id)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise self._translate(exc, f"describe topic {topic!r}", self.timeout_s) from exc
+                ids[topic] = None
+            except concurrent.futures.TimeoutError as exc:
+                raise self._unreachable(f"describe topic {topic!r}", self.timeout_s) from exc
+        return ids
 
     def create(self, names: Sequence[str], partitions: int = 1) -> None:
         """Create the topics; one that already exists is left as it is."""

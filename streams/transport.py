@@ -30,6 +30,7 @@ from confluent_kafka import (
 from streams.config import consumer_config, producer_config
 from streams.errors import BrokerUnavailable, StreamsError
 from streams.framing import Envelope, FrameError, Payload, Reassembler, split
+from streams.topics import TopicAdmin
 
 _LOG = logging.getLogger("streams.kafka")
 _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
@@ -275,12 +276,15 @@ class PayloadReader:
         self._closed = False
         self._topics = list(topics)
         self.resets = 0
+        self._admin: TopicAdmin | None = None
         try:
             self._assigned = self._partitions(topics, from_beginning, timeout_s)
             self._consumer.assign(self._assigned)
         except BaseException:
             self._consumer.close()
             raise
+        # The ids of the topics as we start reading them (see detect_reset).
+        self._topic_ids = self._read_topic_ids()
 
     def _partitions(self, topics: list[str], from_beginning: bool, timeout_s: float) -> list[TopicPartition]:
         # assign(), not subscribe(): every reader must see every message (a
@@ -314,8 +318,10 @@ class PayloadReader:
     def detect_reset(self, timeout_s: float = 2.0) -> bool:
         """Whether a topic was lost (a broker restart without storage); if so read it anew.
 
-        A topic that vanished, or whose end now lies before our position, was
-        recreated empty: every reader starts it again from the beginning.
+        A topic that vanished, that has another id than when we started reading it,
+        or whose end now lies before our position, was recreated: every reader starts
+        it again from the beginning. (The id catches a recreated topic that others
+        have already written past our old position.)
         """
         lost = False
         for partition in self._assigned:
@@ -328,15 +334,27 @@ class PayloadReader:
                 continue
             if position >= 0 and high < position:
                 lost = True
+        if not lost and self._topic_ids:
+            now = self._read_topic_ids()
+            lost = bool(now) and any(now.get(t) != self._topic_ids.get(t) for t in self._topics)
         if lost:
             self._start_over()
         return lost
 
+    def _read_topic_ids(self) -> dict[str, str | None]:
+        # Empty when the broker cannot say (down, or too old to give topic ids):
+        # the offsets check above still applies.
+        try:
+            if self._admin is None:
+                self._admin = TopicAdmin(self.bootstrap, timeout_s=5)
+            return self._admin.ids(self._topics)
+        except StreamsError as exc:
+            _LOG.debug("could not read the ids of topics %s: %s", self._topics, exc)
+            return {}
+
     def _start_over(self) -> None:
         # Recreate the topics, then read them with a brand-new consumer: the old one
         # keeps metadata of the lost topics and would not fetch from the new ones.
-        from streams.topics import TopicAdmin
-
         TopicAdmin(self.bootstrap).create(self._topics)
         self._consumer.close()
         self._consumer = Consumer(consumer_config(self.bootstrap, **_READER_OVERRIDES))
@@ -346,6 +364,7 @@ class PayloadReader:
         self._first_seen.clear()
         self._backlog.clear()
         self.reassembler.clear()
+        self._topic_ids = self._read_topic_ids()
         self.resets += 1
         _LOG.warning("topics %s were recreated on %s; reading them from the start",
                      ", ".join(self._topics), self.bootstrap)

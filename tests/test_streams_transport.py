@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from infra.broker import BrokerProcess, find_free_port
+from infra.broker import BrokerProcess, find_free_port, start_broker
 from streams.config import consumer_config, producer_config
 from streams.errors import BrokerUnavailable, StreamsError
 from streams.framing import MAX_CHUNK_BYTES, Envelope, Reassembler, split
@@ -225,6 +225,34 @@ def test_reader_from_the_end_sees_only_later_payloads(broker: BrokerProcess, top
         deliveries = read_until(late, lambda got: bool(got))
 
     assert [(d.payload.message_id, d.payload.data) for d in received(deliveries)] == [(after, b"after")]
+
+
+def test_reader_notices_a_recreated_topic_even_past_its_old_position(tmp_path: Any) -> None:
+    """A broker restarted empty, on which others recreated the topic and wrote more than the
+    reader had read: the topic's id changed, so the reader starts it over and receives the new
+    payloads; a topic left alone is not reported."""
+    port = find_free_port()
+    broker = start_broker(port=port, log_path=tmp_path / "tansu.log")
+    topic = f"t{uuid.uuid4().hex[:10]}.payloads"
+    try:
+        TopicAdmin(broker.bootstrap).create([topic])
+        with PayloadReader(broker.bootstrap, [topic]) as reader:
+            PayloadWriter(broker.bootstrap).send(topic, payload=b"old", **SEND)
+            assert [d.payload.data for d in received(read_until(reader, bool))] == [b"old"]
+            assert not reader.detect_reset()
+            broker.stop()
+            broker = start_broker(port=port, log_path=tmp_path / "tansu-2.log")
+            TopicAdmin(broker.bootstrap).create([topic])
+            writer = PayloadWriter(broker.bootstrap)
+            for text in (b"new 1", b"new 2", b"new 3"):
+                writer.send(topic, payload=text, **SEND)
+
+            assert reader.detect_reset()
+            got = received(read_until(reader, lambda d: len(received(d)) >= 3))
+            assert [d.payload.data for d in got] == [b"new 1", b"new 2", b"new 3"]
+            assert reader.resets == 1 and not reader.detect_reset()
+    finally:
+        broker.stop()
 
 
 def test_reading_a_missing_topic_fails_naming_it(broker: BrokerProcess) -> None:
