@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from api.domain import TaskState, TaskView, fold, task_stream, user_stream
 from api.errors import Conflict, Forbidden, NotAuthenticated, NotFound
@@ -218,18 +219,26 @@ class Commands:
         return self._run(ctx, f"leave:{name}", {}, decide)
 
     def delete(self, name: str, ctx: Context) -> Result:
-        """Delete a task (creator only); its topics are removed after the commit."""
+        """Delete a task (creator only); its topics are removed after the commit.
+
+        A task deleted while STARTED keeps its topics until the retention sweep: its
+        daemons are still reading them until they notice the deletion, and pulling a
+        topic from under a reader can crash it (librdkafka on the embedded broker).
+        """
+        was_running: list[bool] = []
 
         def decide(session: Session) -> Result:
             state = load_task(session, name)
             if state.creator != ctx.actor:
                 raise Forbidden(f"only the creator of task '{name}' may delete it")
             require_transition(state, TaskStatus.DELETED, "delete")
+            was_running.append(state.status == TaskStatus.STARTED)
             return self._append_and_view(session, state, ctx, TaskDeleted())
 
         result = self._run(ctx, f"delete:{name}", {}, decide)
-        topics = result.body["topics"]
-        _best_effort(lambda: self.topics.delete([topics["broadcast"], topics["updates"]]))
+        if not any(was_running):
+            topics = result.body["topics"]
+            _best_effort(lambda: self.topics.delete([topics["broadcast"], topics["updates"]]))
         return result
 
     def _append_and_view(
@@ -258,7 +267,7 @@ def _best_effort(action: Callable[[], None]) -> None:
     # on its own terms, and a leftover topic is trimmed by retention later.
     try:
         action()
-    except Exception:  # noqa: BLE001
+    except Exception:
         import logging
 
         logging.getLogger(__name__).warning("topic clean-up failed", exc_info=True)

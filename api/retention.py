@@ -1,8 +1,9 @@
 """Retention: remove the data-plane topics of finished tasks after a grace period.
 
-Completed and failed tasks keep their topics for `MUSKETEER_TOPIC_RETENTION_S`
-(late readers may still fetch the final broadcast); then the topics go. The
-sweep runs in the relay's leader, so one process does it.
+Completed and failed tasks, and tasks deleted while running, keep their topics
+for `MUSKETEER_TOPIC_RETENTION_S` (late readers may still fetch the final
+broadcast; daemons of a deleted task notice and stop first); then the topics
+go. The sweep runs in the relay's leader, so one process does it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def sweep(conn: psycopg.Connection[Any], topics: TopicDeleter, retention_s: floa
     """Delete the topics of tasks finished more than `retention_s` ago; return their ids."""
     rows = conn.execute(
         "SELECT task_id, broadcast_topic, updates_topic FROM tasks"
-        " WHERE status IN ('COMPLETED', 'FAILED')"
+        " WHERE status IN ('COMPLETED', 'FAILED', 'DELETED')"
         " AND updated_at < now() - make_interval(secs => %s)"
         " AND task_id NOT IN (SELECT task_id FROM topic_retention)",
         (retention_s,),

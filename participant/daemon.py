@@ -104,6 +104,7 @@ class TaskWorker:
         if dataplane.wants_standardisation(definition):
             self._send_statistics(writer)
         with PayloadReader(self.bootstrap, [str(self.task.topics.broadcast)]) as broadcasts:
+            self.say("following the aggregator's broadcasts")
             return self._follow(broadcasts, writer)
 
     def say(self, text: str) -> None:
@@ -338,6 +339,6 @@ class ParticipantDaemon:
     def _work(self, worker: TaskWorker) -> None:
         try:
             self.results[worker.task.name] = worker.run()
-        except Exception as exc:  # noqa: BLE001 - one task's failure must not stop the others
+        except Exception as exc:
             self.errors[worker.task.name] = str(exc)
             worker.say(f"stopped: {exc}")

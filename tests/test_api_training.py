@@ -151,8 +151,22 @@ def test_bad_round_bodies_are_422(api: ApiProcess) -> None:
     assert empty.status_code == 422 and "empty" in empty.json()["message"]
 
 
+def test_a_task_deleted_while_running_keeps_its_topics_for_the_retention(api: ApiProcess,
+                                                                          broker: Any) -> None:
+    """Its daemons still read them until they notice: the topics stay (default retention 1 h)."""
+    from streams.topics import TopicAdmin
+
+    alice, _members, name = started_task(api)
+    task = alice.get_task(name)
+
+    assert alice.delete_task(name).status == "DELETED"
+    admin = TopicAdmin(broker.bootstrap)
+    assert admin.exists(task.topics.broadcast) and admin.exists(task.topics.updates)
+
+
 def test_topics_of_a_finished_task_go_after_the_retention(broker: Any, tmp_path: Any) -> None:
-    """With a zero retention, a completed task's two topics are deleted by the sweeper."""
+    """With a zero retention, the topics of a completed task, and of one deleted while running,
+    are deleted by the sweeper."""
     import time
 
     from streams.topics import TopicAdmin
@@ -170,6 +184,10 @@ def test_topics_of_a_finished_task_go_after_the_retention(broker: Any, tmp_path:
         topics = [before.topics.broadcast, before.topics.updates]
         assert all(admin.exists(t) for t in topics)
         alice.complete_task(name, digest)
+        owner, _members, deleted = started_task(process)
+        running = owner.get_task(deleted)
+        topics += [running.topics.broadcast, running.topics.updates]
+        owner.delete_task(deleted)
         deadline = time.monotonic() + 20
         while any(admin.exists(t) for t in topics) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -101,3 +101,23 @@ def test_only_the_creator_can_aggregate(api: ApiProcess, broker: Any, topic_pref
     assert process.wait(120) == 1
     assert "only its creator" in log.read_text()
     assert alice.client.get_task(name).status == "CREATED"
+
+
+def test_deleting_a_running_task_stops_its_participant_cleanly(api: ApiProcess, broker: Any,
+                                                               topic_prefix: str, tmp_path: Path) -> None:
+    """The creator deletes a task while a participant follows it: the daemon notices, says why
+    and exits 1 (no crash: the topics it reads stay until the retention sweep)."""
+    alice, john = member(api, "alice"), member(api, "john")
+    name = unique("deleted")
+    alice.client.create_task(name, DIGITS)
+    john.client.join(name)
+    alice.client.start_task(name)  # no aggregator: john waits for a broadcast that never comes
+    log = tmp_path / "john.log"
+    process = spawn(["participate", name, "--dataset", "digits", "--output", str(tmp_path / "out")],
+                    daemon_env(api, john, broker.bootstrap, topic_prefix), log)
+    wait_for_text(log, "following the aggregator's broadcasts", {"john": log})
+
+    alice.client.delete_task(name)
+
+    assert process.wait(60) == 1, log.read_text()
+    assert f"task '{name}' is DELETED" in log.read_text()
