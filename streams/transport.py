@@ -92,9 +92,11 @@ class PayloadWriter:
     """Sends whole payloads to a topic as acknowledged frames."""
 
     def __init__(self, bootstrap: str, producer: ProducerLike | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, stall_s: float | None = None) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
+        # Give up before timeout_s when no frame is acknowledged for this long (None: never).
+        self.stall_s = stall_s
         # librdkafka's own per-frame deadline (default 300 s) follows the
         # send's, so it does not keep retrying long after send() has failed.
         # A failed send may still leave some frames on the topic: readers
@@ -119,9 +121,26 @@ class PayloadWriter:
             if outcome.error is not None:
                 break  # the payload is lost already; do not push the rest of it
             self._produce(topic, raw_key, envelope, chunk, outcome, deadline)
-        remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        remaining = self._wait_for_acks(topic, outcome, deadline)
         self._raise_unless_acked(topic, outcome, len(frames), remaining)
         return frames[0][0].message_id
+
+    def _wait_for_acks(self, topic: str, outcome: _Acks, deadline: float) -> int:
+        # Flush in slices, to give up early when nothing at all is acknowledged for
+        # stall_s: a producer the broker no longer knows (restarted empty) retries
+        # until its deadline otherwise, and a new producer would get through at once.
+        last_acked, progress_at = outcome.acked, time.monotonic()
+        while True:
+            left = deadline - time.monotonic()
+            remaining = int(self._producer.flush(max(0.0, min(left, 1.0))))
+            if remaining == 0 or left <= 0 or outcome.error is not None:
+                return remaining
+            if outcome.acked != last_acked:
+                last_acked, progress_at = outcome.acked, time.monotonic()
+            elif self.stall_s is not None and time.monotonic() - progress_at > self.stall_s:
+                raise BrokerUnavailable(
+                    f"could not send to topic {topic!r} on broker {self.bootstrap}: no frame "
+                    f"acknowledged for {self.stall_s:g} s ({outcome.acked} so far)")
 
     def discard(self) -> None:
         """Give up on whatever is still queued (its producer went fatal): purge it, quietly."""
@@ -193,17 +212,24 @@ class ResilientWriter:
     """
 
     def __init__(self, bootstrap: str, *, attempts: int = 4, timeout_s: float = 45.0,
-                 on_retry: Callable[[str], None] | None = None) -> None:
+                 stall_s: float = 15.0, on_retry: Callable[[str], None] | None = None,
+                 producer_factory: Callable[[], ProducerLike] | None = None) -> None:
         self.bootstrap = bootstrap
         self.attempts = attempts
         self.timeout_s = timeout_s
+        self.stall_s = stall_s
         self.on_retry = on_retry
-        self._writer = PayloadWriter(bootstrap, timeout_s=timeout_s)
+        self._producer_factory = producer_factory
+        self._writer = self._new_writer()
+
+    def _new_writer(self) -> PayloadWriter:
+        producer = self._producer_factory() if self._producer_factory is not None else None
+        return PayloadWriter(self.bootstrap, producer, timeout_s=self.timeout_s, stall_s=self.stall_s)
 
     def renew(self) -> None:
         """Drop the producer and start a new one (after a broker restart)."""
         self._writer.discard()
-        self._writer = PayloadWriter(self.bootstrap, timeout_s=self.timeout_s)
+        self._writer = self._new_writer()
 
     def send(self, topic: str, *, task_id: str, round: int, kind: str, sender: str,
              payload: bytes, key: str | None = None, message_id: str | None = None) -> str:

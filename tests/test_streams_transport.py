@@ -17,7 +17,7 @@ from streams.config import consumer_config, producer_config
 from streams.errors import BrokerUnavailable, StreamsError
 from streams.framing import MAX_CHUNK_BYTES, Envelope, Reassembler, split
 from streams.topics import TopicAdmin
-from streams.transport import Delivery, PayloadReader, PayloadWriter, Received, Rejected
+from streams.transport import Delivery, PayloadReader, PayloadWriter, Received, Rejected, ResilientWriter
 
 pytestmark = pytest.mark.integration
 
@@ -323,3 +323,53 @@ def test_frame_the_broker_refuses_fails_the_send_naming_the_topic() -> None:
         PayloadWriter("unused:9092", producer=producer).send("t", payload=b"x", **SEND)
 
     assert not isinstance(raised.value, BrokerUnavailable)
+
+
+class SlowProducer(FakeProducer):
+    """Acknowledges at most `per_flush` frames per flush() (0: never), sleeping a little each time."""
+
+    def __init__(self, per_flush: int, pause_s: float = 0.05) -> None:
+        super().__init__()
+        self.per_flush, self.pause_s = per_flush, pause_s
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        time.sleep(min(timeout, self.pause_s))
+        done, self._callbacks = self._callbacks[:self.per_flush], self._callbacks[self.per_flush:]
+        for callback in done:
+            callback(None, None)
+        return len(self._callbacks)
+
+
+def test_a_send_nothing_acknowledges_gives_up_after_the_stall_and_retries_anew() -> None:
+    """A producer the broker no longer knows: each attempt ends after stall_s without an ack,
+    long before its timeout, with a new producer per attempt and the reason given."""
+    producers: list[SlowProducer] = []
+    retries: list[str] = []
+
+    def factory() -> SlowProducer:
+        producers.append(SlowProducer(per_flush=0))
+        return producers[-1]
+
+    writer = ResilientWriter("unused:9092", attempts=2, timeout_s=60, stall_s=0.3,
+                             on_retry=retries.append, producer_factory=factory)
+    # The stall's message, not the 60 s timeout's ("within 60 s"), ends each attempt.
+    with pytest.raises(BrokerUnavailable, match=r"no frame acknowledged for 0.3 s \(0 so far\)"):
+        writer.send("t", payload=b"x" * 100, **SEND)
+
+    assert len(producers) == 2 and len(retries) == 1 and "retrying with a new connection" in retries[0]
+
+
+def test_a_slow_send_that_keeps_making_progress_is_not_a_stall() -> None:
+    """Acks trickling in (one frame per 0.15 s flush slice) keep the send alive past stall_s."""
+    producer = SlowProducer(per_flush=1, pause_s=0.15)
+    payload = np.random.default_rng(5).bytes(4 * MAX_CHUNK_BYTES)
+    began = time.monotonic()
+
+    PayloadWriter("unused:9092", producer=producer, timeout_s=60, stall_s=0.25).send(
+        "t", payload=payload, **SEND)
+
+    assert time.monotonic() - began > 0.25  # longer than the stall limit in all
+    assert b"".join(producer.values) == payload and len(producer.values) == 4
