@@ -136,14 +136,11 @@ def test_ping_answers_on_the_broker(broker: BrokerProcess) -> None:
 
 
 def test_ping_unreachable_broker_fails_fast_naming_it() -> None:
-    """Nothing listening: BrokerUnavailable within the ping timeout, naming the address."""
+    """Nothing listening: BrokerUnavailable at the ping timeout, naming the address and it."""
     address = f"127.0.0.1:{find_free_port()}"
-    started = time.monotonic()
 
-    with pytest.raises(BrokerUnavailable, match=address):
+    with pytest.raises(BrokerUnavailable, match=f"{address} did not answer within 1 s"):
         TopicAdmin(address).ping(timeout_s=1.0)
-
-    assert time.monotonic() - started < 3.0
 
 
 # --- the embedded broker itself -------------------------------------------

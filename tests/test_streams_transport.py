@@ -267,15 +267,12 @@ def test_reading_a_missing_topic_fails_naming_it(broker: BrokerProcess) -> None:
 
 
 def test_send_to_an_unreachable_broker_fails_naming_the_topic() -> None:
-    """No broker: BrokerUnavailable after the writer's timeout, naming topic and address."""
+    """No broker: BrokerUnavailable after the writer's timeout, naming topic, address and timeout."""
     address = f"127.0.0.1:{find_free_port()}"
     unreachable = PayloadWriter(address, timeout_s=1.0)
-    started = time.monotonic()
 
-    with pytest.raises(BrokerUnavailable, match=f"'somewhere'.*{address}"):
+    with pytest.raises(BrokerUnavailable, match=f"'somewhere'.*{address} within 1 s"):
         unreachable.send("somewhere", payload=b"x" * 10, **SEND)
-
-    assert time.monotonic() - started < 5
 
 
 class FakeProducer:
@@ -331,11 +328,13 @@ class SlowProducer(FakeProducer):
     def __init__(self, per_flush: int, pause_s: float = 0.05) -> None:
         super().__init__()
         self.per_flush, self.pause_s = per_flush, pause_s
+        self.flushes = 0
 
     def poll(self, timeout: float) -> int:
         return 0
 
     def flush(self, timeout: float) -> int:
+        self.flushes += 1
         time.sleep(min(timeout, self.pause_s))
         done, self._callbacks = self._callbacks[:self.per_flush], self._callbacks[self.per_flush:]
         for callback in done:
@@ -366,10 +365,9 @@ def test_a_slow_send_that_keeps_making_progress_is_not_a_stall() -> None:
     """Acks trickling in (one frame per 0.15 s flush slice) keep the send alive past stall_s."""
     producer = SlowProducer(per_flush=1, pause_s=0.15)
     payload = np.random.default_rng(5).bytes(4 * MAX_CHUNK_BYTES)
-    began = time.monotonic()
 
     PayloadWriter("unused:9092", producer=producer, timeout_s=60, stall_s=0.25).send(
         "t", payload=payload, **SEND)
 
-    assert time.monotonic() - began > 0.25  # longer than the stall limit in all
+    assert producer.flushes * producer.pause_s > 0.25  # in all, longer than the stall limit
     assert b"".join(producer.values) == payload and len(producer.values) == 4
