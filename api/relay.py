@@ -27,7 +27,7 @@ from streams.errors import StreamsError
 from streams.topics import TopicAdmin
 
 log = logging.getLogger("musketeer.relay")
-_LEADER_LOCK_KEY = 0x72656C61  # "rela": any constant shared by every relay works
+LEADER_LOCK_KEY = 0x72656C61  # "rela": any constant shared by every relay works
 _RELAY_NAME = "events"
 
 
@@ -69,7 +69,7 @@ class OutboxRelay:
     def _lead(self) -> None:
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             while not self._stop.is_set():
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LEADER_LOCK_KEY,))
+                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
                 if got.fetchone()[0]:  # type: ignore[index]
                     break
                 self._stop.wait(self.idle_wait_s)

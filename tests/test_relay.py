@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from psycopg_pool import ConnectionPool
 
 from api.projections import project
+from api.relay import LEADER_LOCK_KEY
 from api.store import ANY, EventStore, NewEvent
 from infra.broker import start_broker
 from infra.procs import find_free_port
@@ -138,13 +141,35 @@ def test_only_one_of_two_api_processes_relays(own_database: str, broker: Any,
             append_events(store, 60)
             messages = read_topic(broker.bootstrap, f"{prefix}.events", 60)
             assert assert_complete_and_ordered(messages, 60) == 0, "both relays published"
-            first.kill()
+            leading = relay_leader(own_database, [first, second])
+            leading.kill()
             append_events(store, 40)
             messages = read_topic(broker.bootstrap, f"{prefix}.events", 100)
         assert_complete_and_ordered(messages, 100)
+        survivor = second if leading is first else first
+        assert relay_leader(own_database, [survivor]) is survivor
     finally:
         first.stop()
         second.stop()
+
+
+def relay_leader(database_url: str, apis: list[Any], timeout_s: float = 30) -> Any:
+    """The API process whose relay holds the leader's advisory lock (found by its connection)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (LEADER_LOCK_KEY,)).fetchone()
+        if row is not None:
+            for api in apis:
+                ports = {c.laddr.port for c in psutil.Process(api.popen.pid).net_connections("tcp")}
+                if row[0] in ports:
+                    return api
+        time.sleep(0.2)
+    raise AssertionError("no API process holds the relay's leader lock")
 
 
 def test_a_broker_that_restarts_empty_gets_the_whole_log_again(own_database: str, tmp_path: Path) -> None:
