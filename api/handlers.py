@@ -221,9 +221,11 @@ class Commands:
     def delete(self, name: str, ctx: Context) -> Result:
         """Delete a task (creator only); its topics are removed after the commit.
 
-        A task deleted while STARTED keeps its topics until the retention sweep: its
-        daemons are still reading them until they notice the deletion, and pulling a
-        topic from under a reader can crash it (librdkafka on the embedded broker).
+        A task that ever started keeps its topics until the retention sweep: daemons
+        may still be reading them (until they notice the deletion, or finish saving the
+        final model), and pulling a topic from under a reader can crash it (librdkafka
+        on the embedded broker). Only a CREATED task, which nobody reads yet, loses them
+        at once.
         """
         was_running: list[bool] = []
 
@@ -232,7 +234,7 @@ class Commands:
             if state.creator != ctx.actor:
                 raise Forbidden(f"only the creator of task '{name}' may delete it")
             require_transition(state, TaskStatus.DELETED, "delete")
-            was_running.append(state.status == TaskStatus.STARTED)
+            was_running.append(state.status != TaskStatus.CREATED)
             return self._append_and_view(session, state, ctx, TaskDeleted())
 
         result = self._run(ctx, f"delete:{name}", {}, decide)

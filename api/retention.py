@@ -1,6 +1,6 @@
 """Retention: remove the data-plane topics of finished tasks after a grace period.
 
-Completed and failed tasks, and tasks deleted while running, keep their topics
+Completed and failed tasks, and deleted tasks that had started, keep their topics
 for `MUSKETEER_TOPIC_RETENTION_S` (late readers may still fetch the final
 broadcast; daemons of a deleted task notice and stop first); then the topics
 go. The sweep runs in the relay's leader, so one process does it.
