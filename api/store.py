@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from api.errors import IdempotencyKeyReused, Unavailable, VersionConflict
+from api.errors import IdempotencyKeyReused, InvalidInput, Unavailable, VersionConflict
 from schema.events import Event, RecordedEvent
 
 ANY = -1
@@ -278,6 +278,12 @@ class EventStore:
                 yield conn  # type: ignore[misc]
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise Unavailable("the database is unavailable; try again shortly") from exc
+        except psycopg.DataError as exc:
+            # A value the schemas let through but PostgreSQL cannot hold (the NUL character,
+            # a number beyond a column's range): the transaction is rolled back, nothing stored.
+            reason = (exc.diag.message_primary if exc.diag.message_primary else str(exc)).splitlines()[0]
+            raise InvalidInput(f"the request holds a value the database cannot store ({reason}); "
+                               "nothing was stored") from exc
 
     def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from schema.definition import TaskDefinition
+from schema.definition import MAX_ROUNDS, TaskDefinition, check_storable_text
 
 Username = Annotated[
     str,
@@ -50,6 +50,12 @@ class CreateTask(BaseModel):
     pom: int = Field(default=1, ge=1, le=6, description="privacy operation mode (seed POM 1-6)")
     description: str | None = Field(default=None, max_length=4000)
 
+    @field_validator("description")
+    @classmethod
+    def _storable_description(cls, value: str | None) -> str | None:
+        check_storable_text(value, "description")
+        return value
+
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Field(description="hex sha256")]
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -61,7 +67,7 @@ class RecordRound(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    round: int = Field(ge=1)
+    round: int = Field(ge=1, le=MAX_ROUNDS)
     participants: list[Username] = Field(max_length=10_000)
     samples: dict[Username, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     metrics: dict[MetricName, FiniteFloat] = Field(default_factory=dict, max_length=50)
@@ -75,7 +81,7 @@ class RecordRejection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=MAX_ROUNDS)
     sender: str = Field(min_length=1, max_length=200)
     reason: str = Field(min_length=1, max_length=2000)
     message_id: str | None = Field(default=None, max_length=200)
@@ -102,5 +108,5 @@ class RecordMissed(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    round: int = Field(ge=1)
+    round: int = Field(ge=1, le=MAX_ROUNDS)
     participants: list[Username] = Field(min_length=1, max_length=10_000)

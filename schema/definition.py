@@ -18,26 +18,49 @@ SEED_ALGORITHM_ALIASES: dict[str, str] = {
 SEED_FIELD_ALIASES: dict[str, str] = {"round": "rounds", "epoch": "epochs"}
 
 
+# Upper bounds: beyond any real federation, and within PostgreSQL's int columns.
+MAX_PARTICIPANTS = 100_000
+MAX_ROUNDS = 100_000
+MAX_SAMPLES = 1_000_000_000
+
+
+def check_storable_text(value: Any, where: str) -> None:
+    """Refuse the NUL character anywhere in `value` (keys and strings, at any depth).
+
+    PostgreSQL's text and jsonb cannot hold it; refusing it here names where it is.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where}: text may not contain the NUL character (\\u0000)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable_text(key, where)
+            check_storable_text(item, f"{where}.{key}" if isinstance(key, str) else where)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_storable_text(item, f"{where}[{index}]")
+
+
 class TaskDefinition(BaseModel):
     """What a federated task trains, how many rounds, and who must be there."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    quorum: int = Field(ge=1, description="participants needed before training starts")
-    rounds: int = Field(ge=1, le=100_000, description="federated rounds")
+    quorum: int = Field(ge=1, le=MAX_PARTICIPANTS, description="participants needed before training starts")
+    rounds: int = Field(ge=1, le=MAX_ROUNDS, description="federated rounds")
     epochs: int = Field(default=1, ge=1, le=10_000, description="local epochs per round")
-    batch_size: int = Field(default=32, ge=1, description="local mini-batch size")
+    batch_size: int = Field(default=32, ge=1, le=1_000_000, description="local mini-batch size")
     learning_rate: float = Field(default=0.001, gt=0, le=1e6, description="local learning rate")
-    training_size: int | None = Field(default=None, ge=1, description="local training samples")
-    test_size: int | None = Field(default=None, ge=1, description="local test samples")
+    training_size: int | None = Field(default=None, ge=1, le=MAX_SAMPLES, description="local training samples")
+    test_size: int | None = Field(default=None, ge=1, le=MAX_SAMPLES, description="local test samples")
     algorithm: str = Field(default="fedavg", description="aggregation algorithm, from the registry")
     model: str | None = Field(default=None, description="model name from the registry")
-    max_participants: int | None = Field(default=None, ge=1, description="cap on members")
+    max_participants: int | None = Field(default=None, ge=1, le=MAX_PARTICIPANTS, description="cap on members")
     round_timeout_s: float | None = Field(
         default=None, gt=0, le=7 * 24 * 3600,
         description="seconds a round waits for updates before closing with those it has")
     min_updates: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=MAX_PARTICIPANTS,
         description="updates a round needs when it closes at its deadline (default: everyone)")
 
     @model_validator(mode="before")
@@ -45,6 +68,7 @@ class TaskDefinition(BaseModel):
     def _normalise_seed_spelling(cls, raw: Any) -> Any:
         if not isinstance(raw, dict):
             return raw
+        check_storable_text(raw, "definition")
         data = dict(raw)
         for seed_name, name in SEED_FIELD_ALIASES.items():
             if seed_name in data:

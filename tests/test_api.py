@@ -113,6 +113,9 @@ def test_token_by_form_and_json_and_refusal_of_a_wrong_pair(http: httpx.Client) 
     unknown = http.post("/v1/auth/token", json={"username": unique("ghost"), "password": "x" * 9})
     assert_error(unknown, 401)
     assert_error(http.post("/v1/auth/token", json={"username": "only"}), 422)
+    # A name the database cannot even look up (the NUL character; found by the fuzzer): 422.
+    nul = assert_error(http.post("/v1/auth/token", data={"username": "a\x00b", "password": "x" * 9}), 422)
+    assert "cannot store" in nul["message"], nul
 
 
 def test_me_needs_a_valid_token(http: httpx.Client) -> None:
@@ -167,6 +170,8 @@ def test_create_task_normalises_the_seed_definition_and_creates_topics(
     ({"quorum": 3, "rounds": 1, "max_participants": 2}, "max_participants"),
     ({"quorum": 1, "rounds": 1, "aggregator": "os.system"}, "algorithm"),
     ({"rounds": 1}, "quorum"),
+    ({"quorum": 1125899906842623, "rounds": 1}, "quorum"),  # beyond PostgreSQL's int (fuzzer)
+    ({"quorum": 1, "rounds": 1, "max_participants": 2**40}, "max_participants"),
 ])
 def test_create_task_rejects_a_bad_definition(http: httpx.Client, definition: dict[str, Any],
                                               words: str) -> None:
@@ -177,6 +182,22 @@ def test_create_task_rejects_a_bad_definition(http: httpx.Client, definition: di
                          422, "invalid_input")
     assert words in error["message"] or words in str(error["details"])
     assert_error(alice.get(f"/v1/tasks/{name}"), 404)
+
+
+def test_text_the_database_cannot_store_is_a_422_and_nothing_is_stored(http: httpx.Client) -> None:
+    """The NUL character (which PostgreSQL cannot hold) in a definition key, a nested value or the
+    description: 422 naming where, not a 500, and no task (the fuzzer found the definition case)."""
+    alice = register(http)
+    for body, where in (
+        ({"definition": {"quorum": 1, "rounds": 1, "note\u0000": 1}}, "definition"),
+        ({"definition": {"quorum": 1, "rounds": 1, "extra": {"a": ["ok", "b\u0000"]}}},
+         "definition.extra.a[1]"),
+        ({"definition": {"quorum": 1, "rounds": 1}, "description": "MNIST\u0000"}, "description"),
+    ):
+        name = unique("nul")
+        error = assert_error(alice.post("/v1/tasks", json={"name": name, **body}), 422, "invalid_input")
+        assert where in error["message"] and "NUL" in error["message"], error
+        assert_error(alice.get(f"/v1/tasks/{name}"), 404)
 
 
 def test_create_task_needs_a_token(http: httpx.Client) -> None:

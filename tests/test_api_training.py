@@ -130,6 +130,23 @@ def test_rejections_and_failure_are_recorded(api: ApiProcess) -> None:
         alice.download_model(name)
 
 
+def test_unstorable_text_in_a_round_is_a_422_and_the_log_is_unchanged(api: ApiProcess) -> None:
+    """A metric named with the NUL character reaches the database and is refused there: a clear
+    422, the transaction rolled back, the task's events as they were."""
+    alice, members, name = started_task(api)
+    digest = alice.upload_model(name, b"round-1").sha256
+    before = alice.task_events(name)
+    body = {"round": 1, "participants": usernames(members), "model_sha256": digest,
+            "metrics": {"loss\u0000": 0.5}}
+
+    response = httpx.post(f"{api.url}/v1/tasks/{name}/rounds", json=body,
+                          headers={"Authorization": f"Bearer {alice.token}"})
+
+    assert response.status_code == 422, response.text
+    assert "cannot store" in response.json()["message"] and "nothing was stored" in response.json()["message"]
+    assert alice.task_events(name) == before and alice.get_task(name).rounds_completed == 0
+
+
 def test_bad_round_bodies_are_422(api: ApiProcess) -> None:
     """Non-finite metrics and malformed digests never reach the log."""
     alice, members, name = started_task(api)
