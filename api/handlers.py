@@ -238,7 +238,9 @@ class Commands:
             return self._append_and_view(session, state, ctx, TaskDeleted())
 
         result = self._run(ctx, f"delete:{name}", {}, decide)
-        if not any(was_running):
+        # Only when decide ran: an idempotent replay says nothing of the task's past, and the
+        # first call already removed the topics (or left them to the retention sweep).
+        if was_running == [False]:
             topics = result.body["topics"]
             _best_effort(lambda: self.topics.delete([topics["broadcast"], topics["updates"]]))
         return result

@@ -183,7 +183,11 @@ def test_a_task_deleted_after_it_started_keeps_its_topics_for_the_retention(api:
 
     for owner, name in ((running_owner, running), (done_owner, done)):
         topics = owner.get_task(name).topics
-        assert owner.delete_task(name).status == "DELETED"
+        key = unique("delete-key")
+        assert owner.delete_task(name, idempotency_key=key).status == "DELETED"
+        assert admin.exists(topics.broadcast) and admin.exists(topics.updates), name
+        # A client retrying the delete (same key) gets the first answer; the topics still stay.
+        assert owner.delete_task(name, idempotency_key=key).status == "DELETED"
         assert admin.exists(topics.broadcast) and admin.exists(topics.updates), name
 
 
