@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ pytest_plugins = ["tests.conftest_broker"]
 ADMIN_URL = os.environ.get(
     "MUSKETEER_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll `check` until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def unique(prefix: str) -> str:

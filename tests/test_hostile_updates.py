@@ -19,7 +19,7 @@ from streams.codec import (
     keras_weights_to_bundle,
 )
 from streams.transport import PayloadReader, PayloadWriter, Received
-from tests.conftest import ApiProcess, unique
+from tests.conftest import ApiProcess, eventually, unique
 from tests.training_support import daemon_env, dump, member, spawn, wait_all
 
 pytestmark = pytest.mark.integration
@@ -33,15 +33,15 @@ def update_bytes(weights: list[np.ndarray], samples: int = 100) -> bytes:
 def wait_for_rejections(owner: Any, task: str, words: str, count: int, logs: dict[str, Path],
                         timeout_s: float = 180) -> None:
     """Wait until `count` of the task's UpdateRejected reasons contain `words`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        reasons = [e.data["reason"] for e in owner.client.task_events(task)
-                   if e.type == "UpdateRejected"]
-        if sum(words in r for r in reasons) >= count:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {count} '{words}' rejections in {timeout_s} s: {reasons}\n"
-                         + dump(logs))
+    reasons: list[str] = []
+
+    def enough() -> bool:
+        reasons[:] = [e.data["reason"] for e in owner.client.task_events(task)
+                      if e.type == "UpdateRejected"]
+        return sum(words in r for r in reasons) >= count
+
+    assert eventually(enough, timeout_s), \
+        f"fewer than {count} '{words}' rejections in {timeout_s} s: {reasons}\n" + dump(logs)
 
 
 def first_round_weights(bootstrap: str, topic: str, task_id: str, timeout_s: float = 120) -> list[np.ndarray]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from infra.errors import PlatformError
 from streams.config import consumer_config, producer_config
 from streams.errors import BrokerUnavailable
 from streams.topics import TopicAdmin, events_topic, task_topics
+from tests.conftest import eventually
 
 EXTERNAL = bool(os.environ.get("MUSKETEER_TEST_KAFKA"))
 
@@ -23,16 +23,6 @@ EXTERNAL = bool(os.environ.get("MUSKETEER_TEST_KAFKA"))
 def unique_prefix() -> str:
     """A topic prefix no other test uses: isolation by names, not by clean-ups."""
     return f"t{uuid.uuid4().hex[:10]}"
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """Poll `check`: a real Kafka applies topic changes asynchronously."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 # --- names and settings (no broker) ---------------------------------------

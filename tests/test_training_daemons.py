@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ApiProcess, unique
+from tests.conftest import ApiProcess, eventually, unique
 from tests.training_support import daemon_env, dump, member, spawn, wait_all
 
 pytestmark = pytest.mark.integration
@@ -20,18 +19,13 @@ DIGITS = {"quorum": 1, "rounds": 2, "epochs": 3, "batch_size": 32, "learning_rat
 
 def wait_for_text(log: Path, text: str, logs: dict[str, Path], timeout_s: float = 120) -> None:
     """Wait until `text` appears in `log`."""
-    deadline = time.monotonic() + timeout_s
-    while not (log.exists() and text in log.read_text()):
-        assert time.monotonic() < deadline, f"no '{text}' in {log.name}:\n" + dump(logs)
-        time.sleep(0.2)
+    assert eventually(lambda: log.exists() and text in log.read_text(), timeout_s), \
+        f"no '{text}' in {log.name}:\n" + dump(logs)
 
 
 def wait_for_file(path: Path, logs: dict[str, Path], timeout_s: float = 60) -> None:
     """Wait until `path` exists."""
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared:\n" + dump(logs)
-        time.sleep(0.2)
+    assert eventually(path.exists, timeout_s), f"{path} never appeared:\n" + dump(logs)
 
 
 def test_one_participant_daemon_serves_two_tasks_at_once(api: ApiProcess, broker: Any,
