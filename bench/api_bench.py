@@ -22,13 +22,12 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.apiproc import start_api
 from infra.broker import start_broker
-from schema import migrate
+from tests.conftest import drop_database, fresh_database
 
 PASSWORD = "bench-password"
 
@@ -130,17 +129,13 @@ def main() -> int:
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:6]
-    name = f"musketeer_bench_{run}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database_url = f"{args.admin_url.rpartition('/')[0]}/{name}"
+    database_url = fresh_database(args.admin_url, "musketeer_bench")
+    name = database_url.rpartition("/")[2]
     logs = Path(tempfile.mkdtemp(prefix="musketeer-bench-"))
     broker = None if args.bootstrap else start_broker(log_path=logs / "broker.log")
     bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
     api = None
     try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            migrate.apply(conn)
         api = start_api(database_url, bootstrap, logs, MUSKETEER_TOPIC_PREFIX=f"bench{run}",
                         MUSKETEER_DB_POOL_SIZE=str(args.clients))
         print(f"API {api.url}, broker {bootstrap}, database {name}; "
@@ -152,8 +147,7 @@ def main() -> int:
             api.stop()
         if broker:
             broker.stop()
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(database_url, args.admin_url)
 
     header = f"| {'operation':<38} | {'ops':>5} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} |"
     print(header)

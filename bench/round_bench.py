@@ -36,19 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.client import MusketeerClient, Task
 from infra.apiproc import start_api
 from infra.broker import start_broker
 from infra.procs import log_tail
-from schema import dataplane, migrate
+from schema import dataplane
 from schema.dataplane import UpdateMeta
 from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
 from streams.transport import PayloadReader, PayloadWriter, Received, Rejected
+from tests.conftest import drop_database, fresh_database
 
 PASSWORD = "bench-password"
 MIB = 1024 * 1024
@@ -394,10 +392,7 @@ def run_all(platform: Platform, args: argparse.Namespace) -> list[Row]:
 def main() -> int:
     args = parse_args()
     run = uuid.uuid4().hex[:6]
-    name = f"musketeer_roundbench_{run}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database_url = f"{args.admin_url.rpartition('/')[0]}/{name}"
+    database_url = fresh_database(args.admin_url, "musketeer_roundbench")
     work = Path(tempfile.mkdtemp(prefix="musketeer-round-bench-"))
     broker = api = None
     began = time.monotonic()
@@ -405,11 +400,10 @@ def main() -> int:
     try:
         broker = None if args.bootstrap else start_broker(log_path=work / "broker.log")
         bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            migrate.apply(conn)
         prefix = f"roundbench{run}"
         api = start_api(database_url, bootstrap, work, MUSKETEER_TOPIC_PREFIX=prefix)
-        print(f"API {api.url}, broker {bootstrap}, database {name}; P {args.params}, "
+        print(f"API {api.url}, broker {bootstrap}, database {database_url.rpartition('/')[2]}; "
+              f"P {args.params}, "
               f"N {args.participants}, {args.rounds} rounds; logs in {work}", flush=True)
         rows = run_all(Platform(api.url, bootstrap, prefix, run, work), args)
         ok = True
@@ -421,8 +415,7 @@ def main() -> int:
             api.stop()
         if broker:
             broker.stop()
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(database_url, args.admin_url)
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:

@@ -114,19 +114,19 @@ def baseline(api: ApiProcess, broker: Any, topic_prefix: str,
     return final_accuracy(run)
 
 
-def fresh_database() -> str:
-    """A new migrated database of its own, for tests that read the whole log."""
-    name = f"musketeer_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+def fresh_database(admin_url: str = ADMIN_URL, prefix: str = "musketeer_test") -> str:
+    """A new migrated database of its own (tests that read the whole log, the benches)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _database_url(name)
+    url = f"{admin_url.rpartition('/')[0]}/{name}"
     with psycopg.connect(url, autocommit=True) as conn:
         migrate.apply(conn)
     return url
 
 
-def drop_database(url: str) -> None:
+def drop_database(url: str, admin_url: str = ADMIN_URL) -> None:
     """Drop a database made by `fresh_database`."""
     name = url.rpartition("/")[2]
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
