@@ -32,6 +32,13 @@ def require_creator(state: TaskState, actor: str, action: str) -> None:
         raise Forbidden(f"only the creator of task '{state.name}' may {action}")
 
 
+def require_participants(state: TaskState, usernames: list[str]) -> None:
+    """Refuse names that are not participants of the task (422)."""
+    strangers = sorted(set(usernames) - {m.username for m in state.members})
+    if strangers:
+        raise InvalidInput(f"not participants of task '{state.name}': {', '.join(strangers)}")
+
+
 def require_started(state: TaskState, action: str) -> None:
     """Round-level commands need a STARTED task."""
     if state.status != TaskStatus.STARTED:
@@ -80,9 +87,7 @@ class TrainingCommands(Commands):
                                {"expected_round": expected})
             if command.round > int(state.definition["rounds"]):
                 raise Conflict(f"task '{name}' has only {state.definition['rounds']} rounds")
-            strangers = sorted(set(command.participants) - {m.username for m in state.members})
-            if strangers:
-                raise InvalidInput(f"not participants of task '{name}': {', '.join(strangers)}")
+            require_participants(state, command.participants)
             if stored_model(session, state.task_id, command.model_sha256) is None:
                 raise Conflict("upload the round's model before recording the round",
                                {"model_sha256": command.model_sha256})
@@ -101,9 +106,7 @@ class TrainingCommands(Commands):
             expected = state.rounds_completed + 1
             if command.round != expected:
                 raise Conflict(f"task '{name}' is closing round {expected}, not {command.round}")
-            strangers = sorted(set(command.participants) - {m.username for m in state.members})
-            if strangers:
-                raise InvalidInput(f"not participants of task '{name}': {', '.join(strangers)}")
+            require_participants(state, command.participants)
             events = [self._event(ctx, ParticipantMissedRound(round=command.round, username=who))
                       for who in sorted(set(command.participants))]
             session.append(task_stream(state.task_id), state.version, events)
