@@ -452,7 +452,7 @@ class Aggregator:
         for attempt in (self._stop_broadcast, self._record_failure):
             try:
                 attempt(task, writer, reason)
-            except Exception as exc:
+            except Exception as exc:  # the original error is what matters
                 self.progress(f"  (could not {attempt.__name__.strip('_').replace('_', ' ')}: {exc})")
 
     def _stop_broadcast(self, task: Task, writer: ResilientWriter, reason: str) -> None:

@@ -553,7 +553,7 @@ def run_all(platform: Platform, work: Path, args: argparse.Namespace) -> Results
             began = time.monotonic()
             try:
                 outcome = run_once(fault, platform, work / f"{fault}-{repeat}", label)
-            except Exception as exc:
+            except Exception as exc:  # one failed run must not hide the others
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 results.failures.setdefault(fault, []).append(reason)
                 print(f"== {label}: FAILED after {time.monotonic() - began:.1f} s: {exc}",
@@ -587,7 +587,7 @@ def main() -> int:
               f"{args.repeat} run(s) each; logs in {work}", flush=True)
         results = run_all(Platform(database_url, broker.bootstrap, api, prefix), work, args)
         ok = not results.failures
-    except Exception as exc:
+    except Exception as exc:  # reported with the logs kept, after the clean-up
         print(f"fault bench FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -131,7 +131,7 @@ class NoOpParticipant(threading.Thread):
     def run(self) -> None:
         try:
             self._follow()
-        except BaseException as exc:
+        except BaseException as exc:  # reported by the bench, not lost in a thread
             self.error = exc
 
     def _follow(self) -> None:

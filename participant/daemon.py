@@ -339,6 +339,6 @@ class ParticipantDaemon:
     def _work(self, worker: TaskWorker) -> None:
         try:
             self.results[worker.task.name] = worker.run()
-        except Exception as exc:
+        except Exception as exc:  # one task's failure must not stop the others
             self.errors[worker.task.name] = str(exc)
             worker.say(f"stopped: {exc}")
