@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from api import cli_output as show
-from api.client import ClientError, MusketeerClient, RetryPolicy
-from api.profile import Profile
+from client import ClientError, MusketeerClient, RetryPolicy
+from client.cli import output as show
+from client.profile import Profile
 
 
 def register(app: typer.Typer) -> None:

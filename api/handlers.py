@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from api.domain import TaskState, TaskView, fold, task_stream, user_stream
 from api.errors import Conflict, Forbidden, NotAuthenticated, NotFound
-from api.security import check_password, hash_password, issue_token
+from api.security import hash_password
 from api.settings import Settings
 from api.store import NO_STREAM, EventStore, NewEvent, Session
 from schema.commands import CreateTask, RegisterUser
@@ -28,6 +29,9 @@ from schema.events import (
     UserRegistered,
 )
 from schema.lifecycle import TaskStatus, can_transition
+from streams.topics import task_topics
+
+log = logging.getLogger("musketeer.api")
 
 
 class TopicPort(Protocol):
@@ -60,16 +64,9 @@ def request_digest(command: str, payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def task_id_by_name(session_or_conn: Any, name: str) -> str | None:
-    """The id of the task with this name, if any."""
-    conn = getattr(session_or_conn, "conn", session_or_conn)
-    row = conn.execute("SELECT task_id FROM tasks WHERE name = %s", (name,)).fetchone()
-    return str(row["task_id"]) if row else None
-
-
 def load_task(session: Session, name: str) -> TaskState:
     """The task's state folded from its events; NotFound if no such task."""
-    task_id = task_id_by_name(session, name)
+    task_id = session.task_id(name)
     state = fold(session.read_stream(task_stream(task_id))) if task_id else None
     if state is None:
         raise NotFound(f"task '{name}' does not exist", {"task": name})
@@ -123,36 +120,20 @@ class Commands:
                 raise Conflict(f"user '{command.username}' already exists")
             event = UserRegistered(username=command.username, organization=command.organization)
             records = session.append(stream, NO_STREAM, [self._event(ctx, event)])
-            session.conn.execute(
-                "INSERT INTO credentials (username, password_hash) VALUES (%s, %s)",
-                (command.username, password_hash),
-            )
+            session.add_credentials(command.username, password_hash)
             body = {**payload, "created_at": records[0].recorded_at.isoformat()}
             return Result(201, body)
 
         return self._run(ctx, "register_user", payload, decide)
 
-    def login(self, username: str, password: str) -> dict[str, Any]:
-        """A bearer token for a correct username and password; 401 otherwise."""
-        with self.store.connection() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT password_hash FROM credentials WHERE username = %s", (username,)
-            ).fetchone()
-            if not check_password(row["password_hash"] if row else None, password):
-                raise NotAuthenticated("wrong username or password")
-            token, ttl = issue_token(conn, username, self.settings.token_ttl_s)
-        return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
-
     def create_task(self, command: CreateTask, ctx: Context) -> Result:
         """Define a task; its two data-plane topics are created first."""
-        from streams.topics import task_topics
-
         payload = command.model_dump(mode="json")
         task_id = uuid.uuid4().hex[:16]
         topics = task_topics(self.settings.topic_prefix, task_id)
 
         def decide(session: Session) -> Result:
-            if task_id_by_name(session, command.name):
+            if session.task_id(command.name):
                 raise Conflict(f"a task named '{command.name}' already exists")
             _organization(session, ctx.actor)  # the creator must still be a registered user
             event = TaskCreated(
@@ -173,7 +154,7 @@ class Commands:
                 earlier = session.idempotent_response(ctx.actor, ctx.idempotency_key, digest)
                 if earlier is not None:
                     return Result(*earlier)
-            if task_id_by_name(session, command.name):
+            if session.task_id(command.name):
                 raise Conflict(f"a task named '{command.name}' already exists")
         # Topics are created outside the transaction (a broker call must not hold
         # the append lock); if the append then fails they are removed again.
@@ -258,12 +239,10 @@ class Commands:
 
 
 def _organization(session: Session, username: str) -> str:
-    row = session.conn.execute(
-        "SELECT organization FROM users WHERE username = %s", (username,)
-    ).fetchone()
-    if row is None:
+    organization = session.organization(username)
+    if organization is None:
         raise NotAuthenticated(f"user '{username}' does not exist")
-    return str(row["organization"])
+    return organization
 
 
 def _best_effort(action: Callable[[], None]) -> None:
@@ -272,6 +251,4 @@ def _best_effort(action: Callable[[], None]) -> None:
     try:
         action()
     except Exception:
-        import logging
-
-        logging.getLogger(__name__).warning("topic clean-up failed", exc_info=True)
+        log.warning("topic clean-up failed", exc_info=True)

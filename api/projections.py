@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from api.store import read_all_from
+from api.store.sql import read_all_from
 from schema.events import (
     Event,
     ParticipantJoined,

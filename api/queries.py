@@ -13,8 +13,7 @@ from pydantic import BaseModel
 
 from api.domain import ParticipantView, TaskView, TopicsView, fold, task_stream
 from api.errors import Forbidden, InvalidInput, NotFound
-from api.handlers import task_id_by_name
-from api.store import read_stream
+from api.store.sql import read_stream
 from schema.lifecycle import TaskStatus
 
 Conn = psycopg.Connection[Any]
@@ -190,9 +189,6 @@ def user_view(conn: Conn, username: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"user '{username}' does not exist")
     return dict(row)
-
-
-__all__ = ["get_task", "list_tasks", "task_events", "task_id_by_name", "task_state", "user_view"]
 
 
 class RoundView(BaseModel):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from api.projections import PROJECTION_TABLES, rebuild
 
@@ -36,7 +37,8 @@ class ReplayReport:
 
 
 def _snapshot(conn: psycopg.Connection[Any], table: str) -> dict[str, tuple[Any, ...]]:
-    cur = conn.execute(f"SELECT * FROM {table} ORDER BY {_ORDER[table]}")
+    # A tuple cursor whatever the connection's row factory (the store's connections give dicts).
+    cur = conn.cursor(row_factory=tuple_row).execute(f"SELECT * FROM {table} ORDER BY {_ORDER[table]}")
     keys = [c.strip() for c in _ORDER[table].split(",")]
     names = [col.name for col in cur.description or []]
     rows: dict[str, tuple[Any, ...]] = {}

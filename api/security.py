@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from api.errors import NotAuthenticated
 
 _HASHER = PasswordHasher()
 # Verifying against this when the user does not exist keeps the time of a
@@ -55,3 +59,29 @@ def token_owner(conn: psycopg.Connection[Any], token: str) -> str | None:
     if row is None:
         return None
     return str(row["username"] if isinstance(row, dict) else row[0])
+
+
+class Accounts:
+    """Logins and tokens: secrets kept beside the log, in tables of their own."""
+
+    def __init__(self, connection: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
+                 token_ttl_s: int) -> None:
+        self._connection = connection
+        self.token_ttl_s = token_ttl_s
+
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        """A bearer token for a correct username and password; NotAuthenticated otherwise."""
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT password_hash FROM credentials WHERE username = %s", (username,)
+            ).fetchone()
+            stored = (row["password_hash"] if isinstance(row, dict) else row[0]) if row else None
+            if not check_password(stored, password):
+                raise NotAuthenticated("wrong username or password")
+            token, ttl = issue_token(conn, username, self.token_ttl_s)
+        return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
+
+    def owner(self, token: str) -> str | None:
+        """The user a live token belongs to, or None."""
+        with self._connection() as conn:
+            return token_owner(conn, token)

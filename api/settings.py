@@ -74,6 +74,11 @@ class Settings:
         """The topic every committed event is relayed to."""
         return f"{self.topic_prefix}.events"
 
+    @staticmethod
+    def external_services() -> tuple[str | None, str | None]:
+        """(DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS) when the environment names real servers."""
+        return _read("DATABASE_URL", None, str), _read("KAFKA_BOOTSTRAP_SERVERS", None, str)
+
     @classmethod
     def from_env(cls) -> Settings:
         """Read and validate the environment; a bad value names its variable."""

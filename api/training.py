@@ -46,14 +46,6 @@ def require_started(state: TaskState, action: str) -> None:
                        {"task": state.name, "status": state.status.value})
 
 
-def stored_model(session: Session, task_id: str, digest: str) -> int | None:
-    """The size of the stored artifact with this digest for this task, if any."""
-    row = session.conn.execute(
-        "SELECT size FROM artifacts WHERE sha256 = %s AND task_id = %s", (digest, task_id)
-    ).fetchone()
-    return int(row["size"]) if row else None
-
-
 class TrainingCommands(Commands):
     """The aggregator's commands, on top of the user and task commands."""
 
@@ -88,7 +80,7 @@ class TrainingCommands(Commands):
             if command.round > int(state.definition["rounds"]):
                 raise Conflict(f"task '{name}' has only {state.definition['rounds']} rounds")
             require_participants(state, command.participants)
-            if stored_model(session, state.task_id, command.model_sha256) is None:
+            if session.artifact_size(state.task_id, command.model_sha256) is None:
                 raise Conflict("upload the round's model before recording the round",
                                {"model_sha256": command.model_sha256})
             event = RoundCompleted(**command.model_dump())
@@ -142,12 +134,8 @@ class TrainingCommands(Commands):
             state = load_task(session, name)
             require_creator(state, ctx.actor, "store its models")
             require_started(state, "store a model")
-            if stored_model(session, state.task_id, digest) is None:
-                session.conn.execute(
-                    "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (task_id, sha256) DO NOTHING",
-                    (digest, state.task_id, len(content), content),
-                )
+            if session.artifact_size(state.task_id, digest) is None:
+                session.store_artifact(state.task_id, digest, content)
             return Result(201, {"sha256": digest, "size": len(content), "round": round,
                                 "final": final})
 
@@ -163,7 +151,7 @@ class TrainingCommands(Commands):
             rounds = int(state.definition["rounds"])
             if state.rounds_completed != rounds:
                 raise Conflict(f"task '{name}' has {state.rounds_completed} of {rounds} rounds")
-            if stored_model(session, state.task_id, command.model_sha256) is None:
+            if session.artifact_size(state.task_id, command.model_sha256) is None:
                 raise Conflict("upload the final model before completing the task")
             event = TaskCompleted(model_sha256=command.model_sha256)
             return self._append_and_view(session, state, ctx, event)

@@ -26,7 +26,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.apiproc import start_api
-from infra.broker import start_broker
+from infra.tansu import start_broker
 from tests.conftest import drop_database, fresh_database
 
 PASSWORD = "bench-password"

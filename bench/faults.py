@@ -51,9 +51,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.apiproc import ApiProcess
-from infra.broker import start_broker
 from infra.postgres import postgres_pid, start_postgres, stop_postgres
 from infra.procs import find_free_port
+from infra.tansu import start_broker
 from schema import migrate
 from tests.conftest import drop_database, fresh_database, start_api
 from tests.fault_support import ROUNDS, Run, final_accuracy, run_task

@@ -38,14 +38,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.client import MusketeerClient, Task
+from client import MusketeerClient, Task
 from infra.apiproc import start_api
-from infra.broker import start_broker
 from infra.procs import log_tail
+from infra.tansu import start_broker
 from schema import dataplane
 from schema.dataplane import UpdateMeta
 from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
-from streams.transport import PayloadReader, PayloadWriter, Received, Rejected
+from streams.reader import PayloadReader, Received, Rejected
+from streams.writer import PayloadWriter
 from tests.conftest import drop_database, fresh_database
 
 PASSWORD = "bench-password"
@@ -95,7 +96,7 @@ def build_model_file(params: int, folder: Path, tag: str) -> tuple[Path, int]:
     recording the round".
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from participant.keras_model import keras
+    from ml.keras_model import keras
 
     units = max(1, round(params / (INPUT_WIDTH + 1)))
     model = keras.Sequential([keras.Input((INPUT_WIDTH,)), keras.layers.Dense(units)],

@@ -1,8 +1,7 @@
-"""The `musketeer` console script: `platform` commands here, each package's own commands added."""
+"""The `musketeer` console script: `platform` and `demo` here, each package's own commands added."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -11,11 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api.client import ClientError
-from api.profile import default_data_dir
+from aggregator import cli as aggregator_cli
 from api.settings import SettingsError
+from client import ClientError
+from client import cli as client_cli
+from client.profile import default_data_dir
 from infra import platform
+from infra.audit import audit_replay
 from infra.errors import PlatformError
+from participant import cli as participant_cli
 
 app = typer.Typer(
     help="Musketeer: train one model together without moving the data.",
@@ -121,21 +124,11 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _register_package_commands(root: typer.Typer) -> None:
-    """Add the subcommands of each package that has a `cli` module with `register(app)`."""
-    for module_name in ("api.cli", "aggregator.cli", "participant.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # Only a missing `<package>.cli` itself is skipped; a broken import
-            # inside it (a typo, a missing dependency) must surface.
-            if exc.name != module_name and exc.name != module_name.split(".")[0]:
-                raise
-            continue
-        module.register(root)
-
-
-_register_package_commands(app)
+# Each package owns its commands; the console script assembles them here, in plain sight.
+groups = client_cli.register(app)
+groups["audit"].command("replay")(audit_replay)
+aggregator_cli.register(app)
+participant_cli.register(app)
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ what `up` started. Every service logs to `<data-dir>/logs/<service>.log`.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -23,13 +22,13 @@ from types import FrameType
 import psycopg
 from rich.console import Console
 
-from api.profile import Profile
 from api.settings import Settings
+from client.profile import Profile
 from infra.apiproc import api_environment, healthy, spawn_api, wait_healthy
-from infra.broker import start_broker
 from infra.errors import PlatformError
 from infra.postgres import postgres_running, start_postgres, stop_postgres
 from infra.procs import pid_matches, port_in_use, stop_pid
+from infra.tansu import start_broker
 from schema import migrate
 from streams.errors import StreamsError
 from streams.topics import TopicAdmin
@@ -160,7 +159,7 @@ def _refuse_partial(paths: Paths) -> None:
 
 
 def _start_database(paths: Paths, profile: Profile, steps: Steps) -> None:
-    external = os.environ.get("DATABASE_URL")
+    external = Settings.external_services()[0]
     if external:
         profile.database_url = external
         with steps.step("checking PostgreSQL (DATABASE_URL)"):
@@ -190,7 +189,7 @@ def _migrate(url: str) -> None:
 
 
 def _start_broker(paths: Paths, profile: Profile, steps: Steps, detach: bool) -> None:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    external = Settings.external_services()[1]
     if external:
         profile.kafka_bootstrap_servers = external
         with steps.step(f"checking broker at {external} (KAFKA_BOOTSTRAP_SERVERS)"):

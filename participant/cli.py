@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from api import cli_output as show
-from api.client import ClientError, MusketeerClient, RetryPolicy
-from api.profile import Profile
+from client import ClientError, MusketeerClient, RetryPolicy
+from client.cli import output as show
+from client.profile import Profile
 
 
 def register(app: typer.Typer) -> None:
@@ -32,8 +32,8 @@ def participate(
     api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
 ) -> None:
     """Train every round of the tasks you joined and save each final model under --output."""
+    from ml.data.dataset import DataError
     from participant.daemon import DataOptions, ParticipantDaemon, TaskStopped
-    from participant.dataset import DataError
 
     options = {"label_column": label_column, "robot": robot}
     data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,

@@ -17,13 +17,12 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streams.errors import BrokerUnavailable, StreamsError
+from streams.errors import UNREACHABLE, BrokerUnavailable, StreamsError
 
 _LEGAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # librdkafka prints every failed connection attempt to stderr unless it is
 # given a logger; route those lines to Python logging (silent by default).
 _LOG = logging.getLogger("streams.kafka")
-_UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class TopicAdmin:
 
     def _translate(self, exc: KafkaException, what: str, timeout_s: float) -> StreamsError:
         error = exc.args[0]
-        if isinstance(error, KafkaError) and error.code() in _UNREACHABLE:
+        if isinstance(error, KafkaError) and error.code() in UNREACHABLE:
             return self._unreachable(what, timeout_s)
         return StreamsError(f"could not {what} on broker {self.bootstrap_servers}: {error}")
 

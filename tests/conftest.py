@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from api.projections import project
-from api.store import EventStore
+from api.store.postgres import PostgresEventStore
 from infra.apiproc import ApiProcess
 from infra.apiproc import start_api as start_api_process
 from schema import migrate
@@ -66,9 +66,9 @@ def pool(database_url: str) -> Iterator[ConnectionPool]:
 
 
 @pytest.fixture(scope="session")
-def store(pool: ConnectionPool) -> EventStore:
+def store(pool: ConnectionPool) -> PostgresEventStore:
     """The event store with inline projections."""
-    return EventStore(pool, projector=project)
+    return PostgresEventStore(pool, projector=project)
 
 
 @pytest.fixture()

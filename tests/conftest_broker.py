@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.broker import BrokerProcess, start_broker
+from infra.tansu import BrokerProcess, start_broker
 from streams.topics import TopicAdmin
 
 

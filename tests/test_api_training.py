@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.client import (
+from client import (
     ConflictError,
     MusketeerClient,
     NotFoundError,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import stat
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,8 +21,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from api import cli
-from api.client import (
+from client import (
     AuthenticationError,
     ClientError,
     ConflictError,
@@ -37,9 +34,11 @@ from api.client import (
     ServiceUnavailable,
     ValidationFailed,
     VersionConflictError,
-    is_idempotent,
+    cli,
 )
-from api.credentials import Credentials, load_credentials, save_credentials
+from client.credentials import Credentials, load_credentials, save_credentials
+from client.http import is_idempotent
+from infra.audit import audit_replay
 
 API = "http://api.test"
 NOW = "2026-01-02T03:04:05+00:00"
@@ -507,7 +506,8 @@ def run(api: FakeApi, sleep: RecordingSleep) -> Callable[..., Any]:
             api_url=api_url or API, transport=api.transport(), sleep=sleep
         )
 
-    cli.register(app, client_factory=factory)
+    groups = cli.register(app, client_factory=factory)
+    groups["audit"].command("replay")(audit_replay)
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
@@ -928,7 +928,7 @@ def test_audit_replay_prints_each_projection(
             },
         )
 
-    monkeypatch.setitem(sys.modules, "api.replay", types.SimpleNamespace(replay=replay))
+    monkeypatch.setattr("infra.audit.replay", replay)
 
     result = run("audit", "replay", env={"DATABASE_URL": "postgresql://db.test/m"})
     raw = run("audit", "replay", "--database-url", "postgresql://other.test/m", "--json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from participant.data import (
+from ml.data import (
     DataError,
     Dataset,
     DataWarning,

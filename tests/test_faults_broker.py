@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from infra.broker import start_broker
 from infra.procs import find_free_port
+from infra.tansu import start_broker
 from tests.conftest import start_api
 from tests.fault_support import Run, assert_recovered, run_task
 

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from aggregator.fedavg import (
+from ml.strategies.fedavg import (
     RunningAverage,
     UpdateRejected,
     check_update,

@@ -18,7 +18,8 @@ from streams.codec import (
     encode_bundle,
     keras_weights_to_bundle,
 )
-from streams.transport import PayloadReader, PayloadWriter, Received
+from streams.reader import PayloadReader, Received
+from streams.writer import PayloadWriter
 from tests.conftest import ApiProcess, eventually, unique
 from tests.training_support import daemon_env, dump, member, spawn, wait_all
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.models import (
+from ml.data import load_dataset, split_and_sample
+from ml.registry import (
     ModelError,
     ModelSpec,
     build_model,
@@ -22,8 +23,7 @@ from aggregator.models import (
     model_spec,
     model_to_json,
 )
-from participant.data import load_dataset, split_and_sample
-from participant.standardise import apply, combine, local_moments
+from ml.standardise import apply, combine, local_moments
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 SHAPES = {"mnist-cnn": ((28, 28, 1), 10), "digits-mlp": ((64,), 10), "welding-mlp": ((4,), 4)}
@@ -149,7 +149,7 @@ def test_welding_mlp_learns_welding_after_federated_standardisation() -> None:
 def test_restoring_the_local_state_makes_a_round_of_training_repeatable() -> None:
     """From the same weights and seed, a round trains to the same bytes when the optimizer and
     dropout state are restored first; carried over from the previous round, they differ."""
-    from participant.keras_model import compile_model, local_state, restore_state
+    from ml.keras_model import compile_model, local_state, restore_state
 
     keras.utils.set_random_seed(7)
     model = compile_model(keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),

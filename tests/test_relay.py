@@ -20,8 +20,9 @@ from psycopg_pool import ConnectionPool
 from api.projections import project
 from api.relay import LEADER_LOCK_KEY
 from api.store import ANY, EventStore, NewEvent
-from infra.broker import start_broker
+from api.store.postgres import PostgresEventStore
 from infra.procs import find_free_port
+from infra.tansu import start_broker
 from schema.events import ParticipantJoined
 from streams.config import consumer_config
 from tests.conftest import drop_database, fresh_database, start_api, unique
@@ -95,7 +96,7 @@ def test_every_event_is_published_once_in_order(own_database: str, broker: Any,
     api = start_api(own_database, broker.bootstrap, tmp_path, prefix)
     try:
         with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
-            store = EventStore(pool, projector=project)
+            store = PostgresEventStore(pool, projector=project)
             append_events(store, 120)
             messages = read_topic(broker.bootstrap, f"{prefix}.events", 120)
         duplicates = assert_complete_and_ordered(messages, 120)
@@ -113,7 +114,7 @@ def test_sigkill_of_the_api_loses_and_reorders_nothing(own_database: str, broker
     api = start_api(own_database, broker.bootstrap, tmp_path, prefix)
     try:
         with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
-            store = EventStore(pool, projector=project)
+            store = PostgresEventStore(pool, projector=project)
             writer = threading.Thread(target=append_events, args=(store, 300, 0.005))
             writer.start()
             time.sleep(0.6)  # the relay is now mid-stream
@@ -137,7 +138,7 @@ def test_only_one_of_two_api_processes_relays(own_database: str, broker: Any,
     second = start_api(own_database, broker.bootstrap, tmp_path, prefix)
     try:
         with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
-            store = EventStore(pool, projector=project)
+            store = PostgresEventStore(pool, projector=project)
             append_events(store, 60)
             messages = read_topic(broker.bootstrap, f"{prefix}.events", 60)
             assert assert_complete_and_ordered(messages, 60) == 0, "both relays published"
@@ -183,7 +184,7 @@ def test_a_broker_that_restarts_empty_gets_the_whole_log_again(own_database: str
     api = start_api(own_database, broker.bootstrap, tmp_path, prefix)
     try:
         with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
-            store = EventStore(pool, projector=project)
+            store = PostgresEventStore(pool, projector=project)
             append_events(store, 40)
             assert_complete_and_ordered(read_topic(broker.bootstrap, f"{prefix}.events", 40), 40)
             os.kill(broker.pid, signal.SIGKILL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from participant.standardise import Moments, apply, combine, local_moments
+from ml.standardise import Moments, apply, combine, local_moments
 
 
 def _sites(seed: int) -> list[np.ndarray]:

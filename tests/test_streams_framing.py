@@ -10,14 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streams.framing import (
-    MAX_CHUNK_BYTES,
-    Envelope,
-    FrameError,
-    Payload,
-    Reassembler,
-    split,
-)
+from schema.envelope import MAX_CHUNK_BYTES, Envelope, EnvelopeError
+from streams.framing import FrameError, Payload, Reassembler, split
 
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
@@ -105,10 +99,10 @@ BAD_HEADERS: dict[str, tuple[Any, str]] = {
 
 @pytest.mark.parametrize("name", list(BAD_HEADERS))
 def test_malformed_headers_are_refused_naming_the_problem(name: str) -> None:
-    """Missing, repeated, non-decimal, out-of-range or inconsistent header values raise FrameError."""
+    """Missing, repeated, non-decimal, out-of-range or inconsistent header values raise EnvelopeError."""
     headers, message = BAD_HEADERS[name]
 
-    with pytest.raises(FrameError, match=message):
+    with pytest.raises(EnvelopeError, match=message):
         Envelope.from_headers(headers)
 
 

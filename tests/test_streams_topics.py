@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from infra.broker import BrokerProcess, find_free_port, port_in_use, start_broker
 from infra.errors import PlatformError
+from infra.tansu import BrokerProcess, find_free_port, port_in_use, start_broker
 from streams.config import consumer_config, producer_config
 from streams.errors import BrokerUnavailable
 from streams.topics import TopicAdmin, events_topic, task_topics

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from infra.broker import BrokerProcess, find_free_port, start_broker
+from infra.tansu import BrokerProcess, find_free_port, start_broker
+from schema.envelope import MAX_CHUNK_BYTES, Envelope
 from streams.config import consumer_config, producer_config
 from streams.errors import BrokerUnavailable, StreamsError
-from streams.framing import MAX_CHUNK_BYTES, Envelope, Reassembler, split
+from streams.framing import Reassembler, split
+from streams.reader import Delivery, PayloadReader, Received, Rejected
 from streams.topics import TopicAdmin
-from streams.transport import Delivery, PayloadReader, PayloadWriter, Received, Rejected, ResilientWriter
+from streams.writer import PayloadWriter, ResilientWriter
 
 pytestmark = pytest.mark.integration
 

@@ -52,9 +52,9 @@ def test_three_sites_reach_ninety_percent_and_the_model_reproduces_it(
     assert digest == completed.data["model_sha256"]
 
     # Rebuild the downloaded model from its bytes alone and score it on the held-out shard.
-    from participant.data import load_dataset
-    from participant.keras_model import compile_model, evaluate, model_from_json
-    from participant.prepare import prepare
+    from ml.data import load_dataset
+    from ml.keras_model import compile_model, evaluate, model_from_json
+    from ml.prepare import prepare
     from schema.dataplane import ModelMeta
     from streams.codec import bundle_to_weights, decode_bundle
 

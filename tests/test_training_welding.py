@@ -10,7 +10,7 @@ import pytest
 
 from schema import dataplane
 from streams.codec import decode_bundle
-from streams.transport import PayloadReader, Received
+from streams.reader import PayloadReader, Received
 from tests.conftest import ApiProcess, unique
 from tests.training_support import daemon_env, member, spawn, wait_all
 
@@ -32,7 +32,7 @@ def test_welding_trains_federated_with_global_standardisation(
     api: ApiProcess, broker: Any, topic_prefix: str, tmp_path: Path
 ) -> None:
     """FPS2 and FPD2 share moments, not data; the broadcast mean/std equal numpy's on both."""
-    from participant.data import load_dataset, split_and_sample
+    from ml.data import load_dataset, split_and_sample
 
     alice, fps2, fpd2 = member(api, "alice"), member(api, "fps2"), member(api, "fpd2")
     name = unique("welding")

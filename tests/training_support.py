@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.client import MusketeerClient
+from client import MusketeerClient
 from infra.daemons import daemon_environment, describe_logs, spawn_musketeer
 from tests.conftest import ApiProcess, unique
 

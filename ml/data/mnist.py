@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from participant.dataset import DataError, Dataset
+from ml.data.dataset import DataError, Dataset
 
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schema.lifecycle import TaskStatus
+
 
 class _ApiModel(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -55,7 +57,7 @@ class Task(_ApiModel):
     task_id: str
     name: str
     creator: str
-    status: str
+    status: TaskStatus
     definition: dict[str, Any] = Field(default_factory=dict)
     topology: str = "STAR"
     pom: int = 1

@@ -1,8 +1,7 @@
 """Keras models as they cross process boundaries: architecture JSON in, checked; metrics out.
 
 This is the one place that imports Keras (TensorFlow's logs are quietened here, before the
-import). It lives in `participant/` because both daemons need it and the layout lets the
-aggregator import participant code, not the reverse; `aggregator.models` re-exports it.
+import); both daemons use it, and `ml.registry` re-exports what a model's user needs.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, o
 import keras
 import numpy as np
 
-from participant.dataset import Dataset
+from ml.data.dataset import Dataset
 
 # `keras` is exported so that other modules take it from here, after the logs are quietened.
 __all__ = ["ModelError", "check_config", "compile_model", "confusion_matrix", "evaluate",

@@ -9,11 +9,11 @@ Specs are `NAME` or `NAME:ARGUMENT`:
 - `npz:PATH`              arrays `x` and `y` (optional `feature_names`); option `num_classes`
 - `csv:PATH`              a header row, numeric features and an integer label column named by
                           option `label_column`; option `num_classes`
-- `welding[:ROBOT]`       seeded synthetic welding data (participant.welding), ROBOT FPS2 or
+- `welding[:ROBOT]`       seeded synthetic welding data (ml.data.welding), ROBOT FPS2 or
                           FPD2 (both when omitted); options `robot`, `samples` (per robot)
 
-Relative paths are read from `data_dir` when it is given. The aggregator imports this module
-too, for its `--eval-data`.
+Relative paths are read from `data_dir` when it is given. Both daemons use this module: the
+participant for its local data, the aggregator for its `--eval-data`.
 """
 
 from __future__ import annotations
@@ -28,20 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from participant.dataset import DataError, Dataset, DataWarning
-from participant.mnist import load_mnist
-from participant.welding import load_welding
-
-__all__ = [
-    "DataError",
-    "DataWarning",
-    "Dataset",
-    "known_sources",
-    "load_dataset",
-    "parse_shard",
-    "shard_dataset",
-    "split_and_sample",
-]
+from ml.data.dataset import DataError, Dataset, DataWarning
+from ml.data.mnist import load_mnist
+from ml.data.welding import load_welding
 
 DEFAULT_WELDING_SAMPLES = 2000
 

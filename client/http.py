@@ -8,11 +8,9 @@ with MusketeerClient.from_profile() as client:
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -20,9 +18,10 @@ from urllib.parse import quote
 
 import httpx
 
-from api.client_models import (
+from client.credentials import load_credentials, same_url
+from client.errors import ServerError, error_from_response, unreachable
+from client.models import (
     ModelInfo,
-    Participant,
     Round,
     StoredModel,
     Task,
@@ -30,202 +29,13 @@ from api.client_models import (
     TaskPage,
     TaskState,
     Token,
-    Topics,
     User,
     VerifyReport,
 )
-from api.credentials import load_credentials, same_url
-from api.profile import Profile
-
-__all__ = [
-    "AuthenticationError",
-    "ClientError",
-    "ConflictError",
-    "IdempotencyKeyReusedError",
-    "MusketeerClient",
-    "NotFoundError",
-    "Participant",
-    "PermissionDenied",
-    "RetryPolicy",
-    "ServerError",
-    "ServiceUnavailable",
-    "Task",
-    "TaskEvent",
-    "TaskPage",
-    "TaskState",
-    "Token",
-    "Topics",
-    "User",
-    "ValidationFailed",
-    "VerifyReport",
-    "VersionConflictError",
-]
+from client.profile import Profile, environment_token
+from client.retry import NO_RETRY, RetryPolicy, retry_after
 
 USER_AGENT = "musketeer-client/0.1"
-
-
-# --- errors -----------------------------------------------------------------
-
-
-class ClientError(Exception):
-    """An error reported by the API (or the failure to reach it)."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, code: str = "error", details: Any = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.details = details
-
-    def __repr__(self) -> str:
-        name = type(self).__name__
-        return f"{name}(status={self.status!r}, code={self.code!r}, message={self.message!r})"
-
-
-class AuthenticationError(ClientError):
-    """401: no token, a wrong username/password pair, or an expired token."""
-
-
-class PermissionDenied(ClientError):
-    """403: authenticated, but not allowed to do this."""
-
-
-class NotFoundError(ClientError):
-    """404: no such user or task."""
-
-
-class ConflictError(ClientError):
-    """409: the command conflicts with the current state."""
-
-
-class VersionConflictError(ConflictError):
-    """409 version_conflict: someone else changed the task first; re-read and retry."""
-
-
-class IdempotencyKeyReusedError(ConflictError):
-    """409 idempotency_key_reused: the key was already used for a different request."""
-
-
-class ValidationFailed(ClientError):
-    """422: the input was rejected; `details` says which fields and why."""
-
-
-class ServiceUnavailable(ClientError):
-    """503, or the API cannot be reached at all."""
-
-
-class ServerError(ClientError):
-    """5xx: the server failed."""
-
-
-_BY_CODE: dict[str, type[ClientError]] = {
-    "not_authenticated": AuthenticationError,
-    "forbidden": PermissionDenied,
-    "not_found": NotFoundError,
-    "conflict": ConflictError,
-    "version_conflict": VersionConflictError,
-    "idempotency_key_reused": IdempotencyKeyReusedError,
-    "invalid_input": ValidationFailed,
-    "unavailable": ServiceUnavailable,
-}
-_BY_STATUS: dict[int, type[ClientError]] = {
-    401: AuthenticationError,
-    403: PermissionDenied,
-    404: NotFoundError,
-    409: ConflictError,
-    422: ValidationFailed,
-    503: ServiceUnavailable,
-}
-
-
-def error_from_response(response: httpx.Response) -> ClientError:
-    """The ClientError for an error response (the API's body, or a framework default)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    code, message, details = _parse_error_body(body)
-    status = response.status_code
-    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
-    if cls is None:
-        cls = ServerError if status >= 500 else ClientError
-    message = message or response.text.strip() or response.reason_phrase or f"HTTP {status}"
-    return cls(message, status=status, code=code or _default_code(status), details=details)
-
-
-def _parse_error_body(body: Any) -> tuple[str | None, str | None, Any]:
-    if not isinstance(body, dict):
-        return None, None, None
-    if "error" in body or "message" in body:
-        return body.get("error"), body.get("message"), body.get("details")
-    # FastAPI's own bodies ({"detail": ...}) for errors the app does not translate.
-    if "detail" in body:
-        detail = body["detail"]
-        return (None, detail, None) if isinstance(detail, str) else (None, None, detail)
-    # Any other JSON (e.g. /readyz's {"status", "checks"}) is kept whole as details.
-    return None, None, body
-
-
-def _default_code(status: int) -> str:
-    return _STATUS_CODE.get(status, "server_error" if status >= 500 else "error")
-
-
-_STATUS_CODE: dict[int, str] = {
-    401: "not_authenticated",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    422: "invalid_input",
-    503: "unavailable",
-}
-
-
-def unreachable(api_url: str, exc: Exception) -> ServiceUnavailable:
-    """The error for an API that cannot be reached, with what to do about it."""
-    return ServiceUnavailable(
-        f"cannot reach the Musketeer API at {api_url} ({type(exc).__name__}: {exc}). "
-        "Is the platform running? Start it with `musketeer platform up`, "
-        "or point --api-url / MUSKETEER_API_URL at the right server.",
-        status=None,
-        code="unreachable",
-    )
-
-
-# --- retries ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff, bounded by a total time spent waiting between tries."""
-
-    total_wait: float = 10.0
-    initial_delay: float = 0.25
-    max_delay: float = 2.0
-
-    def delay(self, attempt: int, waited: float, retry_after: float | None = None) -> float | None:
-        """Seconds to sleep before retry number `attempt + 1`, or None to give up."""
-        remaining = self.total_wait - waited
-        if remaining <= 0:
-            return None
-        backoff = min(self.max_delay, self.initial_delay * 2.0**attempt)
-        if retry_after is not None:
-            backoff = max(backoff, retry_after)
-        return min(backoff, remaining)
-
-
-NO_RETRY = RetryPolicy(total_wait=0.0)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers["Retry-After"])
-    except (KeyError, ValueError):
-        return None
-
-
-# --- the client ---------------------------------------------------------------
 
 
 class MusketeerClient:
@@ -269,7 +79,7 @@ class MusketeerClient:
         """
         profile = profile or Profile.load()
         url = same_url(api_url or profile.api_url)
-        token = os.environ.get("MUSKETEER_TOKEN") or None
+        token = environment_token()
         if token is None:
             saved = load_credentials(profile.credentials_path())
             if saved is not None and saved.api_url == url:
@@ -519,7 +329,7 @@ class MusketeerClient:
             else:
                 if response.status_code != 503 or not idempotent:
                     return response
-                delay = policy.delay(attempt, waited, _retry_after(response))
+                delay = policy.delay(attempt, waited, retry_after(response))
                 if delay is None:
                     return response
                 why = f"it is unavailable: {_message_of(response)}"

@@ -14,8 +14,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from api.client import ClientError
-from api.client_models import Task, TaskEvent, TaskState
+from client import ClientError
+from client.models import Task, TaskEvent, TaskState
 
 SUMMARY_WIDTH = 200
 MAX_DIFFERENCES_SHOWN = 20

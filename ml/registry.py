@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from participant.keras_model import (
+from ml.keras_model import (
     ModelError,
     check_config,
     compile_model,

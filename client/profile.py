@@ -4,7 +4,7 @@
 read it. Lookup order: `MUSKETEER_PROFILE`, then `./.musketeer/profile.json`,
 then `~/.musketeer/profile.json`. Environment variables (`MUSKETEER_API_URL`,
 `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `MUSKETEER_TOPIC_PREFIX`) win over what the
-file says.
+file says. This module is the one place on the client side that reads the environment.
 """
 
 from __future__ import annotations
@@ -73,9 +73,30 @@ class Profile:
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
 
+    def broker(self) -> str:
+        """The broker's bootstrap address; ValueError, saying how to get one, if there is none."""
+        if not self.kafka_bootstrap_servers:
+            raise ValueError("no broker address: run `musketeer platform up` or set KAFKA_BOOTSTRAP_SERVERS")
+        return self.kafka_bootstrap_servers
+
+    @property
+    def events_topic(self) -> str:
+        """The topic the API relays every committed event to."""
+        return f"{self.topic_prefix}.events"
+
     def credentials_path(self) -> Path:
         """Where `musketeer login` keeps the bearer token, beside the profile."""
         explicit = os.environ.get("MUSKETEER_CREDENTIALS")
         if explicit:
             return Path(explicit)
         return profile_path().parent / "credentials.json"
+
+
+def environment_token() -> str | None:
+    """A bearer token given in `MUSKETEER_TOKEN` (it wins over the saved login)."""
+    return os.environ.get("MUSKETEER_TOKEN") or None
+
+
+def environment_password() -> str | None:
+    """A password given in `MUSKETEER_PASSWORD` (for scripts; a prompt is safer)."""
+    return os.environ.get("MUSKETEER_PASSWORD") or None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from participant.dataset import DataError, Dataset
+from ml.data.dataset import DataError, Dataset
 
 FEATURES = ["WELCNT", "WDRSCNT", "WELR", "WELCUR1_S"]
 ROBOTS = ("FPS2", "FPD2")

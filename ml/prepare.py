@@ -6,8 +6,8 @@ from math import prod
 
 import numpy as np
 
-from participant.dataset import DataError, Dataset
-from participant.standardise import Moments, apply, local_moments
+from ml.data.dataset import DataError, Dataset
+from ml.standardise import Moments, apply, local_moments
 
 
 def flat_features(dataset: Dataset) -> np.ndarray:

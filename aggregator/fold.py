@@ -1,0 +1,59 @@
+"""Fold: check an accepted update's content and add it into the running aggregate at once.
+
+Memory stays one model however many participants send: each update is folded the moment it
+passes, then dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.verify import Accepted, metrics_problem
+from ml.standardise import Moments
+from ml.strategies.fedavg import RunningAverage, check_update
+from schema.dataplane import StatsMeta, UpdateMeta
+from streams.codec import CodecError, bundle_to_weights
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why an update's content cannot be folded (recorded as the rejection reason)."""
+
+    reason: str
+
+
+def fold_update(average: RunningAverage, accepted: Accepted) -> UpdateMeta | Refused:
+    """Add the update to `average` and return its metadata, or say why it was refused."""
+    try:
+        meta = UpdateMeta.model_validate(accepted.bundle.meta)
+    except ValueError as exc:
+        return Refused(f"malformed update metadata: {_first_line(exc)}")
+    try:
+        weights = bundle_to_weights(accepted.bundle)
+    except CodecError as exc:
+        return Refused(f"malformed update: {exc}")
+    problem = check_update(average.template, weights) or metrics_problem(meta)
+    if problem:
+        return Refused(problem)
+    average.add(weights, meta.samples)
+    return meta
+
+
+def read_moments(accepted: Accepted) -> Moments | Refused:
+    """A participant's feature statistics for standardisation, or why they were refused."""
+    try:
+        meta = StatsMeta.model_validate(accepted.bundle.meta)
+        sums = np.asarray(accepted.bundle.arrays["sums"], dtype=np.float64)
+        sums_sq = np.asarray(accepted.bundle.arrays["sums_sq"], dtype=np.float64)
+    except (ValueError, KeyError) as exc:
+        return Refused(f"malformed statistics: {exc}")
+    if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(sums_sq))):
+        return Refused("non-finite statistics")
+    return Moments(count=meta.count, sums=sums, sums_sq=sums_sq)
+
+
+def _first_line(error: Any) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

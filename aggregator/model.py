@@ -1,0 +1,59 @@
+"""The model a task trains: built from the registry (or the creator's file), seeded by the task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aggregator.run import AggregationFailed, AggregatorOptions
+from client import Task
+from ml.data import Dataset, load_dataset
+from ml.keras_model import compile_model, keras, model_to_json
+from ml.prepare import prepare
+from ml.registry import build_model, known_models, load_user_model, model_spec
+from ml.seeds import task_seed
+from schema.dataplane import ModelMeta
+
+Array = np.ndarray[Any, Any]
+
+
+def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
+                  std: Array | None) -> tuple[Any, ModelMeta]:
+    """A fresh compiled model and the meta that travels with it."""
+    # Seeded by the task: a restarted aggregator rebuilds the very same initial model.
+    keras.utils.set_random_seed(task_seed(task.task_id, task.definition))
+    definition = task.definition
+    learning_rate = float(definition.get("learning_rate", 0.001))
+    if options.model_file:
+        model = compile_model(load_user_model(options.model_file), learning_rate)
+        name, input_shape = "user", list(model.input_shape[1:])
+        num_classes = int(model.output_shape[-1])
+    else:
+        name = str(definition.get("model") or "")
+        if not name:
+            raise AggregationFailed("the definition names no model: add \"model\" (one of "
+                                    f"{', '.join(known_models())}) or pass --model")
+        spec = model_spec(name)
+        input_shape, num_classes = list(spec.input_shape), spec.num_classes
+        model = build_model(name, input_shape=tuple(input_shape), num_classes=num_classes,
+                            learning_rate=learning_rate)
+    meta = ModelMeta(architecture=model_to_json(model), model=name, input_shape=input_shape,
+                     num_classes=num_classes, learning_rate=learning_rate,
+                     epochs=int(definition.get("epochs", 1)),
+                     batch_size=int(definition.get("batch_size", 32)),
+                     rounds=int(definition["rounds"]),
+                     # The model is only usable with the inputs it was trained on.
+                     feature_mean=None if mean is None else mean.tolist(),
+                     feature_std=None if std is None else std.tolist())
+    return model, meta
+
+
+def evaluation_data(options: AggregatorOptions, meta: ModelMeta, mean: Array | None,
+                    std: Array | None) -> Dataset | None:
+    """The held-out data each round's model is evaluated on, if the creator gave some."""
+    if not options.eval_data:
+        return None
+    dataset = load_dataset(options.eval_data, data_dir=options.eval_data_dir,
+                           shard=options.eval_shard, seed=options.seed)
+    return prepare(dataset, meta.input_shape, mean, std)

@@ -1,0 +1,52 @@
+"""Record: everything the aggregator writes to the log goes through the API, from here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from client import MusketeerClient, StoredModel, Task
+from schema.lifecycle import TaskStatus
+
+Progress = Callable[[str], None]
+
+
+class Recorder:
+    """The task's side of the API: models stored, rounds recorded, refusals, the end."""
+
+    def __init__(self, client: MusketeerClient, task_name: str, progress: Progress) -> None:
+        self.client = client
+        self.name = task_name
+        self.progress = progress
+
+    def reject(self, round_no: int, sender: str, reason: str, message_id: str | None) -> None:
+        """Record an update (or frame) refused, with the reason; the round goes on without it."""
+        self.progress(f"  rejected an update from {sender} (round {round_no}): {reason}")
+        self.client.reject_update(self.name, max(round_no, 0), sender[:200] or "unknown",
+                                  reason[:2000], message_id)
+
+    def store_model(self, payload: bytes, *, round_no: int | None = None, final: bool = False) -> StoredModel:
+        """Upload a model before any event names its digest."""
+        return self.client.upload_model(self.name, payload, round=round_no, final=final)
+
+    def round(self, round_no: int, *, participants: list[str], model_sha256: str,
+              samples: dict[str, int], metrics: dict[str, float], eval_metrics: dict[str, float],
+              duration_s: float) -> None:
+        """Record RoundCompleted (its model stored first)."""
+        self.client.record_round(self.name, round_no, participants=participants,
+                                 model_sha256=model_sha256, samples=samples, metrics=metrics,
+                                 eval_metrics=eval_metrics, duration_s=round(duration_s, 3))
+
+    def missed(self, round_no: int, participants: list[str]) -> None:
+        """Record who the round now closing goes without."""
+        self.client.record_missed(self.name, round_no, participants)
+
+    def complete(self, model_sha256: str) -> None:
+        """Record TaskCompleted with the final model's digest."""
+        self.client.complete_task(self.name, model_sha256)
+
+    def fail(self, reason: str) -> None:
+        """Record TaskFailed, unless the task already ended."""
+        current: Task = self.client.get_task(self.name)
+        if current.status in (TaskStatus.CREATED, TaskStatus.STARTED):
+            self.client.fail_task(self.name, reason)
+            self.progress(f"task {self.name}: FAILED: {reason}")

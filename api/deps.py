@@ -1,0 +1,96 @@
+"""What routes depend on: the process's services, the authenticated user, the idempotency key."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import psycopg
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+
+from api.errors import NotAuthenticated
+from api.handlers import Context, Result
+from api.projections import project
+from api.relay import OutboxRelay
+from api.security import Accounts
+from api.settings import Settings
+from api.store.postgres import PostgresEventStore
+from api.topics import BrokerTopics
+from api.training import TrainingCommands
+from schema import migrate
+
+log = logging.getLogger("musketeer.api")
+
+
+class Services:
+    """What the routes need, built once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = ConnectionPool(
+            settings.database_url, min_size=1, max_size=settings.db_pool_size,
+            # A short wait for a connection: with the database down, callers get a
+            # prompt 503 (and retry) rather than hanging on the pool.
+            open=False, timeout=3, kwargs={"autocommit": True},
+        )
+        self.store = PostgresEventStore(self.pool, projector=project)
+        self.topics = BrokerTopics(settings.kafka_bootstrap_servers)
+        self.commands = TrainingCommands(self.store, settings, self.topics)
+        self.accounts = Accounts(self.store.connection, settings.token_ttl_s)
+        self.relay: OutboxRelay | None = None
+
+    def start(self) -> None:
+        """Open the pool, migrate, start the outbox relay."""
+        self.pool.open(wait=False)
+        with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
+            applied = migrate.apply(conn)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        if self.settings.relay_enabled:
+            self.relay = OutboxRelay(self.settings)
+            self.relay.start()
+
+    def stop(self) -> None:
+        """Stop the relay and close the pool."""
+        if self.relay is not None:
+            self.relay.stop()
+        self.pool.close()
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _bearer_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+) -> str:
+    if credentials is None:
+        raise NotAuthenticated("missing bearer token; get one from POST /v1/auth/token")
+    username = _services(request).accounts.owner(credentials.credentials)
+    if username is None:
+        raise NotAuthenticated("the token is unknown or has expired; log in again")
+    return username
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+CurrentUser = Annotated[str, Depends(_bearer_user)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=200,
+           description="retrying with the same key returns the first result and changes nothing"),
+]
+
+
+def context(request: Request, actor: str, key: str | None) -> Context:
+    """Who asks, under which request id and idempotency key."""
+    return Context(actor=actor, request_id=request.state.request_id, idempotency_key=key)
+
+
+def respond(result: Result) -> JSONResponse:
+    """A command's result as the HTTP response."""
+    return JSONResponse(result.body, status_code=result.status)

@@ -1,0 +1,5 @@
+"""The event store: one contract (`contract.py`), a PostgreSQL backend and an in-memory one."""
+
+from api.store.contract import ANY, NO_STREAM, ChainReport, EventStore, NewEvent, RebuildReport, Session
+
+__all__ = ["ANY", "NO_STREAM", "ChainReport", "EventStore", "NewEvent", "RebuildReport", "Session"]

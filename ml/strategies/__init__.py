@@ -1,0 +1,1 @@
+"""Aggregation strategies: how the aggregator folds participants' updates into the next model."""

@@ -1,0 +1,99 @@
+"""Local training: one task's model and data on this machine, a round at a time.
+
+Each round starts from the global weights with a fresh optimizer and the round's seed, so an
+update depends only on the global model, the local data and the seed: a restarted participant
+trains a round the same way as the one it replaces.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ml.data import Dataset
+from ml.keras_model import compile_model, evaluate, keras, local_state, model_from_json, restore_state
+from ml.prepare import feature_moments, prepare
+from ml.seeds import participant_seed
+from schema.dataplane import ModelMeta, UpdateMeta
+from streams.codec import ArrayBundle, bundle_to_weights, encode_bundle, keras_weights_to_bundle
+
+Array = np.ndarray[Any, Any]
+
+
+class TrainingError(RuntimeError):
+    """The local model or data cannot be used for this task."""
+
+
+@dataclass
+class Trained:
+    """One round's update, ready to send, and what to say about it."""
+
+    payload: bytes
+    metrics: dict[str, float]
+    seconds: float
+
+
+class LocalTraining:
+    """The task's model, rebuilt from its broadcast architecture, and the local splits."""
+
+    def __init__(self, train_raw: Dataset, test_raw: Dataset, task_id: str,
+                 definition: dict[str, Any], place: int) -> None:
+        self.train_raw, self.test_raw = train_raw, test_raw
+        self.task_id, self.definition, self.place = task_id, definition, place
+        self.model: Any = None
+        self.meta: ModelMeta | None = None
+        self.mean: Array | None = None
+        self.std: Array | None = None
+        self._fresh: list[tuple[Any, Array]] = []
+
+    def statistics(self) -> bytes:
+        """The local feature moments a participant shares for federated standardisation."""
+        moments = feature_moments(self.train_raw)
+        bundle = ArrayBundle(arrays={"sums": moments.sums, "sums_sq": moments.sums_sq},
+                             meta={"count": moments.count})
+        return encode_bundle(bundle)
+
+    def set_statistics(self, bundle: ArrayBundle) -> None:
+        """Take the global mean and standard deviation the aggregator broadcast."""
+        self.mean = np.asarray(bundle.arrays["mean"], dtype=np.float64)
+        self.std = np.asarray(bundle.arrays["std"], dtype=np.float64)
+
+    def load(self, bundle: ArrayBundle, standardises: bool) -> None:
+        """Take a broadcast model: rebuild it if its architecture is new, then set its weights."""
+        meta = ModelMeta.model_validate(bundle.meta)
+        if self.model is None or self.meta is None or meta.architecture != self.meta.architecture:
+            # Seeded before the layers exist: their random generators (dropout) take it up.
+            keras.utils.set_random_seed(self.seed(0))
+            self.model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
+            self._fresh = local_state(self.model)
+            self.meta = meta
+            if standardises and self.mean is None:
+                raise TrainingError("the model arrived before the global statistics")
+            self.train = prepare(self.train_raw, meta.input_shape, self.mean, self.std)
+            self.test = prepare(self.test_raw, meta.input_shape, self.mean, self.std)
+        self.model.set_weights(bundle_to_weights(bundle))
+
+    def seed(self, round_no: int) -> int:
+        """Seeded per task, participant and round: a re-run trains the same way."""
+        return participant_seed(self.task_id, self.definition, self.place, round_no)
+
+    def train_round(self, round_no: int) -> Trained:
+        """Train from the loaded global weights; the update with its sample count and metrics."""
+        assert self.meta is not None
+        started = time.monotonic()
+        keras.utils.set_random_seed(self.seed(round_no))
+        restore_state(self._fresh)
+        self.model.fit(self.train.x, self.train.y, epochs=self.meta.epochs,
+                       batch_size=self.meta.batch_size, verbose=0, shuffle=True)
+        metrics = self.evaluate()
+        weights = [np.asarray(w) for w in self.model.get_weights()]
+        meta = UpdateMeta(samples=len(self.train), test_samples=len(self.test), metrics=metrics)
+        payload = encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
+        return Trained(payload, metrics, time.monotonic() - started)
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy of the current model on the local test split (empty without one)."""
+        return evaluate(self.model, self.test) if len(self.test) else {}

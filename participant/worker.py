@@ -1,0 +1,214 @@
+"""One task on this machine: follow the aggregator's broadcasts, train each round, send the update.
+
+The worker reads the task's broadcast topic by assignment (so it sees every broadcast),
+trains each round's model on the local training split, and sends back the weights with the
+sample count and its local test metrics. After a restart it replays the broadcasts and trains
+only the open round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client import ClientError, MusketeerClient, Task
+from ml.data import load_dataset, split_and_sample
+from ml.seeds import task_seed
+from participant.training import LocalTraining
+from schema import dataplane
+from schema.lifecycle import TaskStatus
+from streams.codec import ArrayBundle, CodecError, decode_bundle
+from streams.framing import Payload
+from streams.reader import PayloadReader, Received
+from streams.writer import ResilientWriter
+
+Progress = Callable[[str], None]
+_STATUS_CHECK_S = 10.0
+_RESET_CHECK_S = 3.0
+
+
+class TaskStopped(RuntimeError):
+    """The task ended without a final model (failed, deleted, or stopped by the aggregator)."""
+
+
+@dataclass
+class DataOptions:
+    """Where this participant's local data comes from."""
+
+    dataset: str
+    data_dir: str | None = None
+    shard: str | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorkerResult:
+    """What a participant keeps: the final model and its local metrics."""
+
+    task: str
+    rounds_trained: list[int]
+    final_sha256: str
+    model_path: Path
+    local_metrics: dict[str, float]
+
+
+@dataclass
+class _Sent:
+    """The last update sent, kept until the next round: a broker that lost it gets it again."""
+
+    round: int
+    payload: bytes
+    message_id: str
+
+
+class TaskWorker:
+    """Takes part in one task until its final model arrives."""
+
+    def __init__(self, client: MusketeerClient, bootstrap: str, task: Task, me: str,
+                 data: DataOptions, output: Path, progress: Progress = print) -> None:
+        self.client = client
+        self.bootstrap = bootstrap
+        self.task = task
+        self.me = me
+        self.data = data
+        self.output = output
+        self.progress = progress
+        self.rounds_trained: list[int] = []
+        self._sent: _Sent | None = None
+        self.training: LocalTraining | None = None
+
+    def run(self) -> WorkerResult:
+        """Train every round; save and return the final model."""
+        self.training = self._local_training()
+        writer = ResilientWriter(self.bootstrap, on_retry=self.say)
+        if dataplane.wants_standardisation(self.task.definition):
+            self._send(writer, dataplane.STATS, 0, self.training.statistics())
+            self.say(f"sent feature statistics of {len(self.training.train_raw)} samples")
+        with PayloadReader(self.bootstrap, [str(self.task.topics.broadcast)]) as broadcasts:
+            self.say("following the aggregator's broadcasts")
+            return self._follow(broadcasts, writer)
+
+    def say(self, text: str) -> None:
+        """Progress, prefixed with the task's name."""
+        self.progress(f"{self.task.name}: {text}")
+
+    def _local_training(self) -> LocalTraining:
+        definition = self.task.definition
+        raw = load_dataset(self.data.dataset, data_dir=self.data.data_dir, shard=self.data.shard,
+                           seed=self.data.seed, **self.data.options)
+        train, test = split_and_sample(raw, definition.get("training_size"),
+                                       definition.get("test_size"), self.data.seed)
+        self.say(f"local data: {len(train)} training and {len(test)} test samples ({raw.name})")
+        # The participant's place in the task (not its name) seeds its training, so re-runs
+        # of a seeded task are identical even when the people in it have other names.
+        members = sorted(p.username for p in self.task.participants)
+        place = members.index(self.me) if self.me in members else task_seed(self.me)
+        return LocalTraining(train, test, self.task.task_id, definition, place)
+
+    # -- the broadcast loop
+
+    def _follow(self, broadcasts: PayloadReader, writer: ResilientWriter) -> WorkerResult:
+        next_check = time.monotonic() + _STATUS_CHECK_S
+        next_reset_check = time.monotonic() + _RESET_CHECK_S
+        while True:
+            if time.monotonic() > next_reset_check:
+                if broadcasts.detect_reset():
+                    self.say("the broker lost the task's topics; following the re-broadcast")
+                    writer.renew()
+                next_reset_check = time.monotonic() + _RESET_CHECK_S
+            messages = [d.payload for d in broadcasts.poll(1.0) if isinstance(d, Received)
+                        and d.payload.task_id == self.task.task_id]
+            for index, payload in enumerate(messages):
+                newer = any(m.kind == dataplane.WEIGHTS and m.round > payload.round
+                            for m in messages[index + 1:])
+                result = self._handle(payload, writer, skip_training=newer)
+                if result is not None:
+                    return result
+            if time.monotonic() > next_check:
+                self._check_still_running()
+                next_check = time.monotonic() + _STATUS_CHECK_S
+
+    def _handle(self, payload: Payload, writer: ResilientWriter, skip_training: bool) -> WorkerResult | None:
+        assert self.training is not None
+        try:
+            bundle = decode_bundle(payload.data)
+        except CodecError as exc:
+            self.say(f"ignored an undecodable broadcast ({exc})")
+            return None
+        kind = payload.kind
+        if kind == dataplane.STANDARDISE:
+            self.training.set_statistics(bundle)
+            self.say("received the global mean and standard deviation")
+        elif kind in (dataplane.ARCHITECTURE, dataplane.WEIGHTS, dataplane.FINAL):
+            self.training.load(bundle, dataplane.wants_standardisation(self.task.definition))
+            if kind == dataplane.FINAL:
+                return self._finish(bundle, payload.data)
+            if kind == dataplane.WEIGHTS:
+                self._on_weights(payload.round, writer, skip_training)
+        elif kind == dataplane.STOP:
+            raise TaskStopped(f"the aggregator stopped the task: {bundle.meta.get('reason')}")
+        return None
+
+    def _on_weights(self, round_no: int, writer: ResilientWriter, skip_training: bool) -> None:
+        if self._sent is not None and self._sent.round == round_no and not self._already_recorded(round_no):
+            self._send(writer, dataplane.UPDATE, round_no, self._sent.payload, self._sent.message_id)
+            self.say(f"round {round_no}: sent the same update again (it was broadcast again)")
+        elif round_no not in self.rounds_trained:
+            if skip_training or self._already_recorded(round_no):
+                self.say(f"skipped round {round_no}: a newer round is already out")
+            else:
+                self._train_round(round_no, writer)
+
+    def _train_round(self, round_no: int, writer: ResilientWriter) -> None:
+        assert self.training is not None
+        trained = self.training.train_round(round_no)
+        message_id = self._send(writer, dataplane.UPDATE, round_no, trained.payload)
+        self._sent = _Sent(round_no, trained.payload, message_id)
+        self.rounds_trained.append(round_no)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
+        self.say(f"round {round_no}: trained in {trained.seconds:.1f} s; local test {shown}")
+
+    def _send(self, writer: ResilientWriter, kind: str, round_no: int, payload: bytes,
+              message_id: str | None = None) -> str:
+        return writer.send(
+            str(self.task.topics.updates), task_id=self.task.task_id, round=round_no, kind=kind,
+            sender=self.me, payload=payload, key=self.me, message_id=message_id)
+
+    # -- the end
+
+    def _finish(self, bundle: ArrayBundle, data: bytes) -> WorkerResult:
+        assert self.training is not None
+        digest = hashlib.sha256(data).hexdigest()
+        folder = self.output / self.task.name
+        folder.mkdir(parents=True, exist_ok=True)
+        model_path = folder / "model.keras"
+        self.training.model.save(model_path)
+        (folder / "model.bundle").write_bytes(data)
+        metrics = self.training.evaluate()
+        report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":
+                  self.rounds_trained, "local_test_metrics": metrics}
+        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        self.say(f"final model saved to {model_path} (sha256 {digest[:12]}…)")
+        return WorkerResult(self.task.name, self.rounds_trained, digest, model_path, metrics)
+
+    def _already_recorded(self, round_no: int) -> bool:
+        # After a restart the broadcast topic replays every round: train only the open one.
+        try:
+            return self.client.get_task(self.task.name).rounds_completed >= round_no
+        except ClientError:
+            return False
+
+    def _check_still_running(self) -> None:
+        try:
+            status = self.client.get_task(self.task.name).status
+        except ClientError as exc:
+            self.say(f"could not check the task's status: {exc.message}")
+            return
+        if status in (TaskStatus.FAILED, TaskStatus.DELETED):
+            raise TaskStopped(f"task '{self.task.name}' is {status}")
