@@ -13,7 +13,7 @@ import numpy as np
 
 from aggregator.verify import Accepted, metrics_problem
 from ml.standardise import Moments
-from ml.strategies.fedavg import RunningAverage, check_update
+from ml.strategies import Strategy, check_update
 from schema.dataplane import StatsMeta, UpdateMeta
 from streams.codec import CodecError, bundle_to_weights
 
@@ -25,7 +25,7 @@ class Refused:
     reason: str
 
 
-def fold_update(average: RunningAverage, accepted: Accepted) -> UpdateMeta | Refused:
+def fold_update(average: Strategy, accepted: Accepted) -> UpdateMeta | Refused:
     """Add the update to `average` and return its metadata, or say why it was refused."""
     try:
         meta = UpdateMeta.model_validate(accepted.bundle.meta)

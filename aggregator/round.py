@@ -17,7 +17,8 @@ from aggregator.run import AggregationFailed, RoundResult, TaskRun
 from ml.data import Dataset
 from ml.keras_model import evaluate
 from ml.payload import model_payload
-from ml.strategies.fedavg import RunningAverage, template_of, weighted_metrics
+from ml.strategies import Strategy, for_round
+from ml.strategies.fedavg import weighted_metrics
 from schema import dataplane
 from schema.dataplane import ModelMeta
 
@@ -29,7 +30,7 @@ def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, mo
     """Train round `round_no` from `weights`; return the new weights and what was recorded."""
     run.broadcaster.weights(round_no, model_payload(meta, weights))
     started = time.monotonic()
-    average, samples, reports = _collect_and_fold(run, round_no, template_of(weights))
+    average, samples, reports = _collect_and_fold(run, round_no, for_round(run.task.definition, weights))
     new_weights = average.result()
     metrics = weighted_metrics(reports)
     eval_metrics: dict[str, float] = {}
@@ -45,9 +46,8 @@ def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, mo
     return new_weights, RoundResult(round_no, who, samples, metrics, eval_metrics, stored.sha256, duration)
 
 
-def _collect_and_fold(run: TaskRun, round_no: int, template: Any
-                      ) -> tuple[RunningAverage, dict[str, int], list[tuple[dict[str, float], int]]]:
-    average = RunningAverage(template)
+def _collect_and_fold(run: TaskRun, round_no: int, average: Strategy
+                      ) -> tuple[Strategy, dict[str, int], list[tuple[dict[str, float], int]]]:
     samples: dict[str, int] = {}
     reports: list[tuple[dict[str, float], int]] = []
     timeout_s = float(run.task.definition.get("round_timeout_s") or run.options.round_timeout_s)

@@ -1,1 +1,38 @@
-"""Aggregation strategies: how the aggregator folds participants' updates into the next model."""
+"""Aggregation strategies: how the aggregator folds one round's updates into the next model.
+
+A strategy is made per round from the task's definition and the round's global weights; the
+aggregator `add`s each accepted update as it arrives (checked first with `check_update`) and
+asks for the `result` once the round closes. `for_round` is the registry: a definition names
+a strategy, never code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ml.strategies.fedavg import RunningAverage, Template, check_update, template_of
+
+Array = np.ndarray[Any, Any]
+
+__all__ = ["Strategy", "Template", "check_update", "for_round", "template_of"]
+
+
+class Strategy(Protocol):
+    """One round's aggregate, built one update at a time."""
+
+    template: Template
+    count: int
+
+    def add(self, weights: Sequence[Array], samples: int) -> None:
+        """Fold one participant's checked weights, trained on `samples` samples."""
+
+    def result(self) -> list[Array]:
+        """The next global weights (ValueError if no update was added)."""
+
+
+def for_round(definition: dict[str, Any], global_weights: Sequence[Array]) -> Strategy:
+    """The strategy the definition asks for, for a round starting from `global_weights`."""
+    return RunningAverage(template_of(global_weights))
