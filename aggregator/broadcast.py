@@ -53,7 +53,7 @@ class Broadcaster:
 
     def resend(self) -> None:
         """After a broker restart lost the topics: recreate them and send what must be there."""
-        TopicAdmin(self.writer.bootstrap).create([self.topic, str(self.task.topics.updates)])
+        TopicAdmin(self.writer.broker).create([self.topic, str(self.task.topics.updates)])
         self.writer.renew()  # a restarted broker forgot our idempotent producer's state
         for kind in (dataplane.STANDARDISE, dataplane.ARCHITECTURE, dataplane.WEIGHTS):
             if kind in self._kept:

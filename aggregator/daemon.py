@@ -15,20 +15,24 @@ from aggregator.broadcast import Broadcaster
 from aggregator.checkpoint import restore
 from aggregator.collect import Collector
 from aggregator.model import build_initial, evaluation_data
-from aggregator.quorum import wait_for_quorum
+from aggregator.quorum import start_when_keyed, wait_for_quorum
 from aggregator.record import Recorder
 from aggregator.round import run_round
 from aggregator.run import AggregationFailed, AggregatorOptions, Progress, RoundResult, TaskRun
 from aggregator.standardise import standardise
 from aggregator.verify import Gate
 from client import MusketeerClient, Task
+from client.keys import KeyRing, fingerprint_of
+from client.keys_api import ensure_registered
 from client.profile import Profile
 from ml.payload import model_payload
 from schema import dataplane
 from schema.dataplane import ModelMeta
 from schema.lifecycle import TaskStatus
+from streams.config import Broker, KafkaSecurity
 from streams.eventlog import EventFeed
 from streams.reader import PayloadReader
+from streams.signing import Signer, Verifier
 from streams.writer import ResilientWriter
 
 __all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "RoundResult"]
@@ -40,12 +44,13 @@ class Aggregator:
     def __init__(self, client: MusketeerClient, profile: Profile, task_name: str,
                  options: AggregatorOptions, progress: Progress = print) -> None:
         self.client = client
-        self.bootstrap = profile.broker()
+        self.broker = Broker(profile.broker_address(), KafkaSecurity.from_mapping(profile.kafka_settings()))
         self.events_topic = profile.events_topic
         self.name = task_name
         self.options = options
         self.progress = progress
         self.recorder = Recorder(client, task_name, progress)
+        self.keys_dir = profile.keys_dir()
         self.results: list[RoundResult] = []
 
     def run(self) -> list[RoundResult]:
@@ -55,15 +60,21 @@ class Aggregator:
         if task.creator != me:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
-        broadcaster = Broadcaster(ResilientWriter(self.bootstrap, on_retry=self.progress), task)
+        self.keys = KeyRing(self.keys_dir, me)
+        key = ensure_registered(self.client, self.keys)
+        self.progress(f"task {self.name}: signing as {me} with key {fingerprint_of(key)[:16]}…")
+        writer = ResilientWriter(self.broker, on_retry=self.progress)
+        broadcaster = Broadcaster(writer, task)
         try:
-            with EventFeed(self.bootstrap, self.events_topic) as feed:
+            with EventFeed(self.broker, self.events_topic) as feed:
                 task = wait_for_quorum(self.client, task, feed, self.options.quorum_timeout_s, self.progress)
-            resumed = task.status == TaskStatus.STARTED
-            if task.status == TaskStatus.CREATED:
-                task = self.client.start_task(self.name)
+                resumed = task.status == TaskStatus.STARTED
+                if task.status == TaskStatus.CREATED:
+                    task = start_when_keyed(self.client, task, feed, self.options.quorum_timeout_s, self.progress)
             if task.status != TaskStatus.STARTED:
                 raise AggregationFailed(f"task '{self.name}' is {task.status}; nothing to run")
+            # The key the task recorded for its creator signs every broadcast, even after a rotation.
+            writer.sign_as(Signer(self.keys.recorded(task.keys, self.name)))
             self._train(task, broadcaster, resumed)
         except BaseException as error:
             self._give_up(broadcaster, failure_reason(error))
@@ -75,13 +86,16 @@ class Aggregator:
         done = task.rounds_completed
         self.progress(f"task {task.name}: training with {', '.join(participants)}"
                       + (f"; resuming after round {done}" if resumed else ""))
-        with PayloadReader(self.bootstrap, [str(task.topics.updates)]) as updates:
+        verifier = Verifier(self.client.task_member_keys(self.name))
+        with PayloadReader(self.broker, [str(task.topics.updates)], verifier=verifier) as updates:
             gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
             model, meta, weights = self._restore(run) if done > 0 else self._start(run)
             evaluation = evaluation_data(self.options, meta, run.mean, run.std)
             for round_no in range(done + 1, meta.rounds + 1):
+                # Keys are read again each round: a member's revocation counts from the next one.
+                verifier.update(self.client.task_member_keys(self.name))
                 weights, result = run_round(run, round_no, meta, weights, model, evaluation)
                 self.results.append(result)
             final = model_payload(meta, weights)

@@ -25,12 +25,19 @@ class Refused:
     reason: str
 
 
-def fold_update(average: Strategy, accepted: Accepted) -> UpdateMeta | Refused:
-    """Add the update to `average` and return its metadata, or say why it was refused."""
+def fold_update(average: Strategy, accepted: Accepted, sample_cap: int | None = None) -> UpdateMeta | Refused:
+    """Add the update to `average` and return its metadata, or say why it was refused.
+
+    An update claiming more samples than the task allows is refused, not capped: its weight in
+    the average is what it claims, and a capped liar would still count as much as the cap.
+    """
     try:
         meta = UpdateMeta.model_validate(accepted.bundle.meta)
     except ValueError as exc:
         return Refused(f"malformed update metadata: {_first_line(exc)}")
+    if sample_cap is not None and meta.samples > sample_cap:
+        return Refused(f"claims {meta.samples} samples, more than the task allows ({sample_cap}: "
+                       "max_samples, else training_size)")
     try:
         weights = bundle_to_weights(accepted.bundle)
     except CodecError as exc:

@@ -6,7 +6,7 @@ import time
 
 from aggregator.collect import deadline_after
 from aggregator.run import AggregationFailed, Progress
-from client import MusketeerClient, Task
+from client import ConflictError, MusketeerClient, Task
 from schema.lifecycle import TaskStatus
 from streams.eventlog import EventFeed
 
@@ -31,3 +31,24 @@ def wait_for_quorum(client: MusketeerClient, task: Task, feed: EventFeed, timeou
         if time.monotonic() > deadline:
             raise AggregationFailed(f"quorum not reached: {task.participant_count} of "
                                     f"{quorum} participants joined")
+
+
+def start_when_keyed(client: MusketeerClient, task: Task, feed: EventFeed, timeout_s: float | None,
+                     progress: Progress) -> Task:
+    """Record TaskStarted as soon as every member has a signing key (their daemons register one)."""
+    deadline = deadline_after(timeout_s)
+    shown: list[str] = []
+    while True:
+        try:
+            return client.start_task(task.name)
+        except ConflictError as exc:
+            missing = exc.details.get("missing_keys") if isinstance(exc.details, dict) else None
+            if not missing:
+                raise
+        if missing != shown:
+            progress(f"task {task.name}: waiting for the signing keys of {', '.join(missing)}")
+            shown = list(missing)
+        if time.monotonic() > deadline:
+            raise AggregationFailed(f"no signing key from {', '.join(missing)} in time: their daemons "
+                                    "register one when they start")
+        feed.poll(timeout_s=2.0)

@@ -21,6 +21,7 @@ from ml.strategies import Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
 from schema import dataplane
 from schema.dataplane import ModelMeta
+from schema.definition import TaskDefinition
 
 Weights = list[np.ndarray[Any, Any]]
 
@@ -54,8 +55,9 @@ def _collect_and_fold(run: TaskRun, round_no: int, average: Strategy
     run.gate.new_round()
     updates = run.collector.gather(round_no, dataplane.UPDATE, samples, len(run.participants),
                                    deadline_after(timeout_s))
+    cap = TaskDefinition.model_validate(run.task.definition).sample_cap
     for accepted in updates:
-        outcome = fold_update(average, accepted)
+        outcome = fold_update(average, accepted, cap)
         if isinstance(outcome, Refused):
             run.recorder.reject(round_no, accepted.sender, outcome.reason, None)
             continue

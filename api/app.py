@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import Services
 from api.errors import InvalidInput, MusketeerError, error_body, http_status
-from api.routes import audit, ops, tasks, training, users
+from api.routes import audit, keys, ops, tasks, training, users
 from api.settings import Settings
 
 log = logging.getLogger("musketeer.api")
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.middleware("http")(_request_id)
     _install_error_handlers(app)
-    for router in (ops.router, users.router, tasks.router, audit.router, training.router):
+    for router in (ops.router, users.router, keys.router, tasks.router, audit.router, training.router):
         app.include_router(router)
     return app
 

@@ -37,7 +37,7 @@ class Services:
             open=False, timeout=3, kwargs={"autocommit": True},
         )
         self.store = PostgresEventStore(self.pool, projector=project)
-        self.topics = BrokerTopics(settings.kafka_bootstrap_servers)
+        self.topics = BrokerTopics(settings.broker)
         self.commands = TrainingCommands(self.store, settings, self.topics)
         self.accounts = Accounts(self.store.connection, settings.token_ttl_s)
         self.relay: OutboxRelay | None = None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schema.events import (
     Event,
@@ -62,6 +62,7 @@ class TaskState:
     rounds_completed: int = 0
     model_sha256: str | None = None
     failure_reason: str | None = None
+    keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def quorum(self) -> int:
@@ -98,6 +99,8 @@ def _evolve(state: TaskState | None, event: Event, record: RecordedEvent) -> Tas
         members = tuple(replace(m, last_contact_at=record.recorded_at)
                         if m.username in event.participants else m for m in state.members)
         state = replace(state, rounds_completed=event.round, members=members)
+    elif isinstance(event, TaskStarted):
+        state = replace(state, keys=dict(event.keys))
     elif isinstance(event, TaskCompleted):
         state = replace(state, model_sha256=event.model_sha256)
     elif isinstance(event, TaskFailed):
@@ -156,6 +159,8 @@ class TaskView(BaseModel):
     rounds_completed: int = 0
     model_sha256: str | None = None
     failure_reason: str | None = None
+    keys: dict[str, str] = Field(default_factory=dict,
+                                 description="each member's signing-key fingerprint, as TaskStarted recorded it")
 
     @classmethod
     def of(cls, state: TaskState) -> TaskView:
@@ -174,5 +179,5 @@ class TaskView(BaseModel):
             topics=TopicsView(broadcast=state.broadcast_topic, updates=state.updates_topic),
             version=state.version, created_at=state.created_at, updated_at=state.updated_at,
             rounds_completed=state.rounds_completed, model_sha256=state.model_sha256,
-            failure_reason=state.failure_reason,
+            failure_reason=state.failure_reason, keys=state.keys,
         )

@@ -16,6 +16,8 @@ from psycopg.types.json import Jsonb
 from api.store.sql import read_all_from
 from schema.events import (
     Event,
+    MemberKeyRegistered,
+    MemberKeyRevoked,
     ParticipantJoined,
     ParticipantLeft,
     RecordedEvent,
@@ -30,7 +32,7 @@ from schema.events import (
 from schema.lifecycle import TaskStatus
 
 Conn = psycopg.Connection[Any]
-PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds")
+PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds", "member_keys")
 
 
 def _task_id(record: RecordedEvent) -> str:
@@ -42,6 +44,26 @@ def _user_registered(conn: Conn, event: UserRegistered, record: RecordedEvent) -
         "INSERT INTO users (username, organization, created_at, position) VALUES (%s, %s, %s, %s)",
         (event.username, event.organization, record.recorded_at, record.position),
     )
+
+
+def _key_registered(conn: Conn, event: MemberKeyRegistered, record: RecordedEvent) -> None:
+    conn.execute("UPDATE member_keys SET status = 'rotated' WHERE username = %s AND status = 'active'",
+                  (event.username,))
+    conn.execute(
+        "INSERT INTO member_keys (fingerprint, username, public_key, status, registered_at)"
+        " VALUES (%s, %s, %s, 'active', %s)",
+        (event.fingerprint, event.username, event.public_key, record.recorded_at),
+    )
+
+
+def _key_revoked(conn: Conn, event: MemberKeyRevoked, record: RecordedEvent) -> None:
+    conn.execute("UPDATE member_keys SET status = 'revoked', revoked_at = %s WHERE fingerprint = %s",
+                 (record.recorded_at, event.fingerprint))
+
+
+def _task_started(conn: Conn, event: TaskStarted, record: RecordedEvent) -> None:
+    conn.execute("UPDATE tasks SET keys = %s WHERE task_id = %s", (Jsonb(event.keys), _task_id(record)))
+    _touch(conn, record, status=TaskStatus.STARTED)
 
 
 def _task_created(conn: Conn, event: TaskCreated, record: RecordedEvent) -> None:
@@ -124,10 +146,12 @@ def _touch(
 
 _HANDLERS: dict[type[Event], Callable[[Conn, Any, RecordedEvent], None]] = {
     UserRegistered: _user_registered,
+    MemberKeyRegistered: _key_registered,
+    MemberKeyRevoked: _key_revoked,
     TaskCreated: _task_created,
     ParticipantJoined: _participant_joined,
     ParticipantLeft: _participant_left,
-    TaskStarted: _status_setter(TaskStatus.STARTED),
+    TaskStarted: _task_started,
     RoundCompleted: _round_completed,
     TaskCompleted: _task_completed,
     TaskFailed: _task_failed,

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.domain import ParticipantView, TaskView, TopicsView, fold, task_stream
 from api.errors import Forbidden, InvalidInput, NotFound
@@ -124,7 +124,7 @@ def _view(row: dict[str, Any], participants: list[ParticipantView]) -> TaskView:
         topics=TopicsView(broadcast=row["broadcast_topic"], updates=row["updates_topic"]),
         version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
         rounds_completed=row["rounds_completed"], model_sha256=row["model_sha256"],
-        failure_reason=row["failure_reason"],
+        failure_reason=row["failure_reason"], keys=row["keys"],
     )
 
 
@@ -264,3 +264,35 @@ def user_models(conn: Conn, viewer: str) -> Models:
                   completed_at=row["updated_at"])
         for row in rows
     ])
+
+
+class KeyView(BaseModel):
+    """A member's signing key."""
+
+    username: str
+    fingerprint: str
+    public_key: str = Field(description="Ed25519 public key, base64 of the 32 raw bytes")
+    status: str = Field(description="active, rotated (a newer key replaced it) or revoked")
+    registered_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class Keys(BaseModel):
+    items: list[KeyView]
+
+
+def user_keys(conn: Conn, username: str) -> Keys:
+    """A user's keys, newest first."""
+    rows = conn.execute("SELECT * FROM member_keys WHERE username = %s ORDER BY registered_at DESC",
+                        (username,)).fetchall()
+    return Keys(items=[KeyView.model_validate(dict(row)) for row in rows])
+
+
+def task_keys(conn: Conn, name: str, viewer: str) -> Keys:
+    """The keys TaskStarted recorded for the task's members, with their status now (insiders only)."""
+    task_id = require_insider(conn, name, viewer)
+    rows = conn.execute(
+        "SELECT k.* FROM tasks t, jsonb_each_text(t.keys) AS m(username, fingerprint)"
+        " JOIN member_keys k ON k.fingerprint = m.fingerprint AND k.username = m.username"
+        " WHERE t.task_id = %s ORDER BY k.username", (task_id,)).fetchall()
+    return Keys(items=[KeyView.model_validate(dict(row)) for row in rows])

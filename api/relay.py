@@ -70,7 +70,7 @@ class OutboxRelay:
                 return
             log.info("relay is leader; publishing to %s", self.settings.events_topic)
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            writer = EventLogWriter(self.settings.kafka_bootstrap_servers, self.settings.events_topic)
+            writer = EventLogWriter(self.settings.broker, self.settings.events_topic)
             try:
                 self._publish_while_leader(conn, writer)
             finally:
@@ -104,7 +104,7 @@ class OutboxRelay:
         # Retention rides on the leader so exactly one process deletes topics;
         # a failure is retried at the next sweep and never stops the relay.
         try:
-            sweep(conn, TopicAdmin(self.settings.kafka_bootstrap_servers),
+            sweep(conn, TopicAdmin(self.settings.broker),
                   self.settings.topic_retention_s)
         except StreamsError as exc:
             log.warning("retention sweep failed: %s", exc)

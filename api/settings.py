@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
+
+from streams.config import Broker, KafkaSecurity, SecurityError
 
 T = TypeVar("T")
 
@@ -57,6 +59,13 @@ def _topic_prefix(raw: str) -> str:
     return raw
 
 
+def _kafka_security() -> KafkaSecurity:
+    try:
+        return KafkaSecurity.from_mapping(os.environ)
+    except SecurityError as exc:
+        raise SettingsError(f"environment variable {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the API process reads from its environment."""
@@ -68,6 +77,12 @@ class Settings:
     relay_enabled: bool
     db_pool_size: int
     topic_retention_s: float
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    @property
+    def broker(self) -> Broker:
+        """The broker's address with the security every Kafka client of the API uses."""
+        return Broker(self.kafka_bootstrap_servers, self.kafka_security)
 
     @property
     def events_topic(self) -> str:
@@ -90,4 +105,5 @@ class Settings:
             relay_enabled=_read("MUSKETEER_RELAY", True, _flag),
             db_pool_size=_read("MUSKETEER_DB_POOL_SIZE", 10, _positive_int),
             topic_retention_s=_read("MUSKETEER_TOPIC_RETENTION_S", 3600.0, _non_negative_float),
+            kafka_security=_kafka_security(),
         )

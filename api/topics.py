@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from api.errors import Unavailable
+from streams.config import Broker
+from streams.errors import StreamsError
+from streams.topics import TopicAdmin
 
 
 class BrokerTopics:
     """Creates and deletes task topics; a broker failure becomes `Unavailable`."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        from streams.topics import TopicAdmin
-
-        self._admin = TopicAdmin(bootstrap_servers)
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, broker: Broker) -> None:
+        self._admin = TopicAdmin(broker)
+        self.broker = broker
 
     def create(self, names: list[str]) -> None:
         """Create the topics if missing."""
-        from streams.errors import StreamsError
-
         try:
             self._admin.create(names)
         except StreamsError as exc:
@@ -25,8 +24,6 @@ class BrokerTopics:
 
     def delete(self, names: list[str]) -> None:
         """Delete the topics if present."""
-        from streams.errors import StreamsError
-
         try:
             self._admin.delete(names)
         except StreamsError as exc:
@@ -34,8 +31,6 @@ class BrokerTopics:
 
     def ping(self, timeout_s: float = 3.0) -> None:
         """Raise `Unavailable` unless the broker answers."""
-        from streams.errors import StreamsError
-
         try:
             self._admin.ping(timeout_s)
         except StreamsError as exc:

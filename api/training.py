@@ -10,7 +10,8 @@ import hashlib
 
 from api.domain import TaskState, task_stream
 from api.errors import Conflict, Forbidden, InvalidInput
-from api.handlers import Commands, Context, Result, load_task, require_transition
+from api.handlers import Context, Result, load_task, require_transition
+from api.keys import KeyCommands, keys_in_force
 from api.store import Session
 from schema.commands import CompleteTask, FailTask, RecordMissed, RecordRejection, RecordRound
 from schema.events import (
@@ -46,8 +47,8 @@ def require_started(state: TaskState, action: str) -> None:
                        {"task": state.name, "status": state.status.value})
 
 
-class TrainingCommands(Commands):
-    """The aggregator's commands, on top of the user and task commands."""
+class TrainingCommands(KeyCommands):
+    """The aggregator's commands, on top of the user, task and key commands."""
 
     def start(self, name: str, ctx: Context) -> Result:
         """Record TaskStarted once the quorum has joined; membership is then fixed."""
@@ -61,7 +62,8 @@ class TrainingCommands(Commands):
                     f"task '{name}' has {len(state.members)} of its quorum of {state.quorum}",
                     {"joined": len(state.members), "quorum": state.quorum},
                 )
-            event = TaskStarted(participants=[m.username for m in state.members])
+            members = [m.username for m in state.members]
+            event = TaskStarted(participants=members, keys=keys_in_force(session, [state.creator, *members]))
             return self._append_and_view(session, state, ctx, event)
 
         return self._run(ctx, f"start:{name}", {}, decide)

@@ -18,6 +18,7 @@ from client.errors import (
 )
 from client.http import MusketeerClient
 from client.models import (
+    MemberKeyInfo,
     ModelInfo,
     Participant,
     Round,
@@ -38,6 +39,7 @@ __all__ = [
     "ClientError",
     "ConflictError",
     "IdempotencyKeyReusedError",
+    "MemberKeyInfo",
     "ModelInfo",
     "MusketeerClient",
     "NotFoundError",

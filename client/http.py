@@ -20,6 +20,7 @@ import httpx
 
 from client.credentials import load_credentials, same_url
 from client.errors import ServerError, error_from_response, unreachable
+from client.keys_api import KeysApi
 from client.models import (
     ModelInfo,
     Round,
@@ -38,7 +39,7 @@ from client.retry import NO_RETRY, RetryPolicy, retry_after
 USER_AGENT = "musketeer-client/0.1"
 
 
-class MusketeerClient:
+class MusketeerClient(KeysApi):
     """A synchronous client of the Musketeer HTTP API v1."""
 
     def __init__(

@@ -73,6 +73,7 @@ class Task(_ApiModel):
     rounds_completed: int = 0
     model_sha256: str | None = None
     failure_reason: str | None = None
+    keys: dict[str, str] = Field(default_factory=dict)
 
     @property
     def rounds(self) -> int | None:
@@ -155,3 +156,14 @@ class ModelInfo(_ApiModel):
     rounds: list[Round] = Field(default_factory=list)
     participants: list[str] = Field(default_factory=list)
     completed_at: datetime | None = None
+
+
+class MemberKeyInfo(_ApiModel):
+    """A member's signing key, as the API shows it (the public half only)."""
+
+    username: str
+    fingerprint: str
+    public_key: str
+    status: str
+    registered_at: datetime | None = None
+    revoked_at: datetime | None = None

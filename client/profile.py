@@ -73,16 +73,27 @@ class Profile:
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
 
-    def broker(self) -> str:
+    def broker_address(self) -> str:
         """The broker's bootstrap address; ValueError, saying how to get one, if there is none."""
         if not self.kafka_bootstrap_servers:
             raise ValueError("no broker address: run `musketeer platform up` or set KAFKA_BOOTSTRAP_SERVERS")
         return self.kafka_bootstrap_servers
 
+    @staticmethod
+    def kafka_settings() -> dict[str, str]:
+        """The KAFKA_* security variables that are set (streams.config.KafkaSecurity reads them)."""
+        return {name: value for name, value in os.environ.items() if name.startswith("KAFKA_") and value}
+
     @property
     def events_topic(self) -> str:
         """The topic the API relays every committed event to."""
         return f"{self.topic_prefix}.events"
+
+    def keys_dir(self) -> Path:
+        """Where this machine keeps its members' signing keys (`MUSKETEER_KEYS_DIR`, else beside
+        the saved login)."""
+        explicit = os.environ.get("MUSKETEER_KEYS_DIR")
+        return Path(explicit) if explicit else self.credentials_path().parent / "keys"
 
     def credentials_path(self) -> Path:
         """Where `musketeer login` keeps the bearer token, beside the profile."""

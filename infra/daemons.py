@@ -10,12 +10,15 @@ from pathlib import Path
 from infra.procs import log_tail
 
 
-def daemon_environment(api_url: str, token: str, bootstrap: str, topic_prefix: str) -> dict[str, str]:
-    """The environment of a daemon acting as the token's user on this API, broker and topics."""
+def daemon_environment(api_url: str, token: str, bootstrap: str, topic_prefix: str,
+                       keys_dir: Path) -> dict[str, str]:
+    """The environment of a daemon acting as the token's user on this API, broker and topics,
+    signing with the keys in `keys_dir`."""
     env = dict(os.environ)
     env.update({
         "MUSKETEER_API_URL": api_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "MUSKETEER_TOPIC_PREFIX": topic_prefix, "MUSKETEER_TOKEN": token,
+        "MUSKETEER_KEYS_DIR": str(keys_dir),
         # No profile: everything the daemon needs is in its environment.
         "MUSKETEER_PROFILE": "/nonexistent/profile.json", "COLUMNS": "200",
         # Several TensorFlow processes share the machine's cores: one thread pool each.

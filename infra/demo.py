@@ -162,8 +162,9 @@ class Demo:
         bootstrap = self.profile.kafka_bootstrap_servers or ""
 
         def env(who: str) -> dict[str, str]:
+            # Each demo person's signing keys live in the platform folder, as on their own machine.
             return daemon_environment(self.profile.api_url, self.clients[who].token or "",
-                                      bootstrap, self.profile.topic_prefix)
+                                      bootstrap, self.profile.topic_prefix, self.logs_dir.parent / "keys")
 
         logs = {who: self.logs_dir / f"demo-{who}.log" for who in ("aggregator", "john", "jack")}
         processes = {"aggregator": spawn_musketeer(

@@ -30,6 +30,7 @@ from infra.postgres import postgres_running, start_postgres, stop_postgres
 from infra.procs import pid_matches, port_in_use, stop_pid
 from infra.tansu import start_broker
 from schema import migrate
+from streams.config import Broker
 from streams.errors import StreamsError
 from streams.topics import TopicAdmin
 
@@ -202,7 +203,8 @@ def _start_broker(paths: Paths, profile: Profile, steps: Steps, detach: bool) ->
 
 def _ping(bootstrap: str) -> None:
     try:
-        TopicAdmin(bootstrap).ping(timeout_s=5)
+        # With the KAFKA_* security settings in force: a real broker may need them to answer.
+        TopicAdmin(Broker(bootstrap, Settings.from_env().kafka_security)).ping(timeout_s=5)
     except StreamsError as exc:
         raise PlatformError(str(exc)) from exc
 

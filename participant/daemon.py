@@ -10,9 +10,12 @@ import threading
 from pathlib import Path
 
 from client import MusketeerClient, Task
+from client.keys import KeyRing, fingerprint_of
+from client.keys_api import ensure_registered
 from client.profile import Profile
 from participant.worker import DataOptions, Progress, TaskStopped, TaskWorker, WorkerResult
 from schema.lifecycle import TaskStatus
+from streams.config import Broker, KafkaSecurity
 from streams.eventlog import EventFeed
 
 __all__ = ["DataOptions", "ParticipantDaemon", "TaskStopped", "TaskWorker", "WorkerResult"]
@@ -26,13 +29,16 @@ class ParticipantDaemon:
     def __init__(self, client: MusketeerClient, profile: Profile, data: DataOptions,
                  output: Path, only: str | None = None, progress: Progress = print) -> None:
         self.client = client
-        self.bootstrap = profile.broker()
+        self.broker = Broker(profile.broker_address(), KafkaSecurity.from_mapping(profile.kafka_settings()))
         self.events_topic = profile.events_topic
         self.data = data
         self.output = output
         self.only = only
         self.progress = progress
         self.me = client.me().username
+        self.keys = KeyRing(profile.keys_dir(), self.me)
+        key = ensure_registered(client, self.keys)
+        progress(f"signing as {self.me} with key {fingerprint_of(key)[:16]}…")
         self.workers: dict[str, threading.Thread] = {}
         self.results: dict[str, WorkerResult] = {}
         self.errors: dict[str, str] = {}
@@ -40,7 +46,7 @@ class ParticipantDaemon:
     def run(self, stop: threading.Event | None = None) -> int:
         """Serve until stopped (or, with `only`, until that task ends); 0 if all went well."""
         stop = stop or threading.Event()
-        with EventFeed(self.bootstrap, self.events_topic) as feed:
+        with EventFeed(self.broker, self.events_topic) as feed:
             while not stop.is_set():
                 self._start_workers()
                 if self.only and self._only_done():
@@ -59,7 +65,7 @@ class ParticipantDaemon:
         for task in self._started_tasks():
             if task.name in self.workers:
                 continue
-            worker = TaskWorker(self.client, self.bootstrap, task, self.me, self.data,
+            worker = TaskWorker(self.client, self.broker, task, self.keys, self.data,
                                 self.output, self.progress)
             thread = threading.Thread(target=self._work, args=(worker,), name=f"task-{task.name}",
                                       daemon=True)

@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from client import ClientError, MusketeerClient, Task
+from client.keys import KeyRing
 from ml.data import load_dataset, split_and_sample
 from ml.seeds import task_seed
 from participant.training import LocalTraining
 from schema import dataplane
+from schema.keys import MemberKey
 from schema.lifecycle import TaskStatus
 from streams.codec import ArrayBundle, CodecError, decode_bundle
+from streams.config import Broker
 from streams.framing import Payload
-from streams.reader import PayloadReader, Received
+from streams.reader import PayloadReader, Received, Rejected
+from streams.signing import Signer, Verifier
 from streams.writer import ResilientWriter
 
 Progress = Callable[[str], None]
@@ -70,12 +74,13 @@ class _Sent:
 class TaskWorker:
     """Takes part in one task until its final model arrives."""
 
-    def __init__(self, client: MusketeerClient, bootstrap: str, task: Task, me: str,
+    def __init__(self, client: MusketeerClient, broker: Broker, task: Task, keys: KeyRing,
                  data: DataOptions, output: Path, progress: Progress = print) -> None:
         self.client = client
-        self.bootstrap = bootstrap
+        self.broker = broker
         self.task = task
-        self.me = me
+        self.keys = keys
+        self.me = keys.username
         self.data = data
         self.output = output
         self.progress = progress
@@ -86,17 +91,23 @@ class TaskWorker:
     def run(self) -> WorkerResult:
         """Train every round; save and return the final model."""
         self.training = self._local_training()
-        writer = ResilientWriter(self.bootstrap, on_retry=self.say)
+        # Signed with the key the task recorded for us; broadcasts believed only from its creator.
+        signer = Signer(self.keys.recorded(self.task.keys, self.task.name))
+        writer = ResilientWriter(self.broker, on_retry=self.say, signer=signer)
         if dataplane.wants_standardisation(self.task.definition):
             self._send(writer, dataplane.STATS, 0, self.training.statistics())
             self.say(f"sent feature statistics of {len(self.training.train_raw)} samples")
-        with PayloadReader(self.bootstrap, [str(self.task.topics.broadcast)]) as broadcasts:
+        self.verifier = Verifier(self._creator_key())
+        with PayloadReader(self.broker, [str(self.task.topics.broadcast)], verifier=self.verifier) as broadcasts:
             self.say("following the aggregator's broadcasts")
             return self._follow(broadcasts, writer)
 
     def say(self, text: str) -> None:
         """Progress, prefixed with the task's name."""
         self.progress(f"{self.task.name}: {text}")
+
+    def _creator_key(self) -> list[MemberKey]:
+        return [k for k in self.client.task_member_keys(self.task.name) if k.username == self.task.creator]
 
     def _local_training(self) -> LocalTraining:
         definition = self.task.definition
@@ -122,7 +133,10 @@ class TaskWorker:
                     self.say("the broker lost the task's topics; following the re-broadcast")
                     writer.renew()
                 next_reset_check = time.monotonic() + _RESET_CHECK_S
-            messages = [d.payload for d in broadcasts.poll(1.0) if isinstance(d, Received)
+            deliveries = broadcasts.poll(1.0)
+            for refused in (d for d in deliveries if isinstance(d, Rejected)):
+                self.say(f"ignored a broadcast: {refused.reason}")
+            messages = [d.payload for d in deliveries if isinstance(d, Received)
                         and d.payload.task_id == self.task.task_id]
             for index, payload in enumerate(messages):
                 newer = any(m.kind == dataplane.WEIGHTS and m.round > payload.round
@@ -207,8 +221,11 @@ class TaskWorker:
     def _check_still_running(self) -> None:
         try:
             status = self.client.get_task(self.task.name).status
+            creator_key = self._creator_key()
         except ClientError as exc:
             self.say(f"could not check the task's status: {exc.message}")
             return
         if status in (TaskStatus.FAILED, TaskStatus.DELETED):
             raise TaskStopped(f"task '{self.task.name}' is {status}")
+        # A revoked creator key stops being believed within one status check.
+        self.verifier.update(creator_key)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from schema.definition import MAX_ROUNDS, TaskDefinition, check_storable_text
+from schema.keys import decode_public_key
 
 Username = Annotated[
     str,
@@ -110,3 +111,17 @@ class RecordMissed(BaseModel):
 
     round: int = Field(ge=1, le=MAX_ROUNDS)
     participants: list[Username] = Field(min_length=1, max_length=10_000)
+
+
+class RegisterKey(BaseModel):
+    """A member's Ed25519 public key, to sign what they send on the data plane."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str = Field(min_length=1, max_length=100, description="base64 of the 32 raw bytes")
+
+    @field_validator("public_key")
+    @classmethod
+    def _is_ed25519(cls, value: str) -> str:
+        decode_public_key(value)
+        return value

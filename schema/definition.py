@@ -14,6 +14,8 @@ SEED_ALGORITHM_ALIASES: dict[str, str] = {
     "neural_network": "fedavg",
     "FedAvg": "fedavg",
 }
+# Rules that fold a round's updates; robust ones bound what a few bad members can do.
+AGGREGATIONS: frozenset[str] = frozenset({"fedavg", "median", "trimmed_mean"})
 # The seed spells a few fields in the singular; we accept and rename them.
 SEED_FIELD_ALIASES: dict[str, str] = {"round": "rounds", "epoch": "epochs"}
 
@@ -62,6 +64,17 @@ class TaskDefinition(BaseModel):
     min_updates: int | None = Field(
         default=None, ge=1, le=MAX_PARTICIPANTS,
         description="updates a round needs when it closes at its deadline (default: everyone)")
+    max_samples: int | None = Field(
+        default=None, ge=1, le=MAX_SAMPLES,
+        description="most samples one update may claim (default: training_size); over it, refused")
+    aggregation: str = Field(
+        default="fedavg", description="how updates are combined: fedavg, median or trimmed_mean")
+    trim: float | None = Field(
+        default=None, ge=0, lt=0.5,
+        description="trimmed_mean: the fraction of updates dropped at each end, per coordinate (0.1)")
+    clip_norm: float | None = Field(
+        default=None, gt=0, le=1e12, allow_inf_nan=False,
+        description="each update's difference from the global model is clipped to this L2 norm")
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +100,9 @@ class TaskDefinition(BaseModel):
         if self.algorithm not in ALGORITHMS:
             known = ", ".join(sorted(ALGORITHMS))
             raise ValueError(f"unknown algorithm '{self.algorithm}' (known: {known})")
+        if self.aggregation not in AGGREGATIONS:
+            known = ", ".join(sorted(AGGREGATIONS))
+            raise ValueError(f"unknown aggregation '{self.aggregation}' (known: {known})")
         if (self.min_updates is not None and self.max_participants is not None
                 and self.min_updates > self.max_participants):
             raise ValueError(
@@ -98,6 +114,11 @@ class TaskDefinition(BaseModel):
                 f"max_participants ({self.max_participants}) is below quorum ({self.quorum})"
             )
         return self
+
+    @property
+    def sample_cap(self) -> int | None:
+        """The most samples one update may claim: `max_samples`, else `training_size`."""
+        return self.max_samples if self.max_samples is not None else self.training_size
 
     def to_json(self) -> dict[str, Any]:
         """The normalised definition as stored in events (extra fields kept)."""

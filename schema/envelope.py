@@ -1,7 +1,8 @@
 """The data-plane envelope: what every frame on a task topic says about itself and its payload.
 
 Every frame is one Kafka message; its headers carry the Envelope (task, round, kind, sender,
-message id, chunk index and count, payload size and sha256), its value one chunk of the payload.
+message id, chunk index and count, payload size and sha256, and the sender's signature over the
+fields that say what the payload is), its value one chunk of the payload.
 
 A payload of `size` bytes in `count` chunks is cut into balanced chunks: the
 first `size % count` chunks hold one byte more than the others. The offset and
@@ -30,6 +31,9 @@ _MAX_TEXT = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+_SIGNATURE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
+_OPTIONAL = frozenset({"signature"})
+SIGNING_CONTEXT = b"musketeer/envelope/v1"
 # Kafka headers as confluent-kafka hands them over: a list of pairs (or a dict).
 Headers = Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
 
@@ -51,6 +55,9 @@ class Envelope:
     chunk_count: int
     payload_size: int
     payload_sha256: str
+    # The sender's Ed25519 signature over `signed_bytes()`, base64; "" for an unsigned frame
+    # (which every reader refuses).
+    signature: str = ""
 
     def __post_init__(self) -> None:
         for name in ("task_id", "kind", "sender", "message_id"):
@@ -59,6 +66,8 @@ class Envelope:
             _check_count(name, getattr(self, name))
         if not isinstance(self.payload_sha256, str) or not _HEX64.match(self.payload_sha256):
             raise EnvelopeError(f"payload_sha256 {self.payload_sha256!r} is not 64 lowercase hex digits")
+        if not isinstance(self.signature, str) or (self.signature and not _SIGNATURE.match(self.signature)):
+            raise EnvelopeError("signature is not the base64 of 64 bytes")
         self._check_chunking()
 
     def _check_chunking(self) -> None:
@@ -72,9 +81,19 @@ class Envelope:
             raise EnvelopeError(f"{self.chunk_count} chunks for {self.payload_size} bytes exceed "
                              f"{MAX_CHUNK_BYTES} bytes each")
 
+    def signed_bytes(self) -> bytes:
+        """What the sender signs: task, round, kind, sender, message id and the payload's sha256.
+
+        Fields cannot hold control characters, so NUL-separated text is unambiguous; the
+        context prefix keeps these signatures from being valid for anything else.
+        """
+        parts = (self.task_id, str(self.round), self.kind, self.sender, self.message_id, self.payload_sha256)
+        return SIGNING_CONTEXT + b"\x00" + "\x00".join(parts).encode("utf-8")
+
     def to_headers(self) -> list[tuple[str, bytes]]:
-        """The Kafka message headers that carry this envelope."""
-        values = [(f.name, str(getattr(self, f.name)).encode("utf-8")) for f in fields(self)]
+        """The Kafka message headers that carry this envelope (no `signature` header when unsigned)."""
+        values = [(f.name, str(getattr(self, f.name)).encode("utf-8")) for f in fields(self)
+                  if f.name != "signature" or self.signature]
         return [(_VERSION_HEADER, ENVELOPE_VERSION.encode()), *values]
 
     @classmethod
@@ -84,10 +103,10 @@ class Envelope:
         version = found.pop(_VERSION_HEADER, None)
         if version != ENVELOPE_VERSION:
             raise EnvelopeError(f"envelope version {version!r} is not {ENVELOPE_VERSION!r}")
-        missing = [f.name for f in fields(cls) if f.name not in found]
+        missing = [f.name for f in fields(cls) if f.name not in found and f.name not in _OPTIONAL]
         if missing:
             raise EnvelopeError(f"envelope header(s) missing: {', '.join(missing)}")
-        values = {f.name: _parse_value(f.name, found[f.name], f.type) for f in fields(cls)}
+        values = {f.name: _parse_value(f.name, found[f.name], f.type) for f in fields(cls) if f.name in found}
         return cls(**values)  # type: ignore[arg-type]  # each value parsed to its field's type
 
     @property

@@ -36,6 +36,27 @@ class UserRegistered(Event):
     organization: str
 
 
+class MemberKeyRegistered(Event):
+    """A user registered a signing key; it speaks for them in tasks started from now on.
+
+    A key registered while another is active rotates it: the old key still verifies the
+    tasks that recorded it at their start, new tasks record the new one.
+    """
+
+    username: str
+    fingerprint: str
+    public_key: str = Field(description="Ed25519 public key, base64 of the 32 raw bytes")
+    replaces: str | None = Field(default=None, description="fingerprint of the key it rotates out")
+
+
+class MemberKeyRevoked(Event):
+    """A user withdrew a key (lost or compromised): nothing signed with it is believed any more."""
+
+    username: str
+    fingerprint: str
+    reason: str | None = None
+
+
 class TaskCreated(Event):
     """A data scientist defined a federated task."""
 
@@ -64,9 +85,14 @@ class ParticipantLeft(Event):
 
 
 class TaskStarted(Event):
-    """The aggregator started training."""
+    """The aggregator started training: who takes part, and the keys that speak for each.
+
+    `keys` maps the creator and every participant to the fingerprint of the signing key in force
+    when the task started; the data plane believes a message only when that key signed it.
+    """
 
     participants: list[str] = Field(default_factory=list)
+    keys: dict[str, str] = Field(default_factory=dict)
 
 
 class RoundCompleted(Event):
@@ -119,6 +145,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name(): cls
     for cls in (
         UserRegistered,
+        MemberKeyRegistered,
+        MemberKeyRevoked,
         TaskCreated,
         ParticipantJoined,
         ParticipantLeft,

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from schema.events import RecordedEvent
-from streams.config import consumer_config, producer_config
+from streams.config import Broker, as_broker, consumer_config, producer_config
 from streams.errors import BrokerUnavailable, StreamsError
 from streams.topics import TopicAdmin
 
@@ -32,15 +32,15 @@ def event_message(record: RecordedEvent) -> bytes:
 class EventLogWriter:
     """Publishes recorded events, in the order given, and notices a topic that lost them."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, broker: Broker | str, topic: str) -> None:
+        self.broker = as_broker(broker)
         self.topic = topic
         # One partition: consumers must see the log in one global order, not per key.
-        TopicAdmin(bootstrap).create([topic], partitions=1)
+        TopicAdmin(self.broker).create([topic], partitions=1)
         # Idempotence keeps broker order equal to log order through retries. Never
         # auto-create the topic: a broker's default would give it several partitions.
-        self._producer = Producer(producer_config(bootstrap, **{"allow.auto.create.topics": False}))
-        self._probe = Consumer(consumer_config(bootstrap))
+        self._producer = Producer(producer_config(self.broker, **{"allow.auto.create.topics": False}))
+        self._probe = Consumer(consumer_config(self.broker))
 
     def publish(self, records: Sequence[RecordedEvent], timeout_s: float = 30.0) -> None:
         """Send the records and wait until the broker acknowledged every one (StreamsError if not)."""
@@ -88,14 +88,14 @@ class LogEvent:
 class EventFeed:
     """Tail the relayed event log; `poll` returns new events in log order, each once."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, broker: Broker | str, topic: str) -> None:
         self.topic = topic
-        self._consumer = Consumer(consumer_config(bootstrap))
+        self._consumer = Consumer(consumer_config(broker))
         self._last_position = 0
         try:
             self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         except KafkaException as exc:
-            raise BrokerUnavailable(f"cannot read {topic} from {bootstrap}: {exc}") from exc
+            raise BrokerUnavailable(f"cannot read {topic} from {broker}: {exc}") from exc
 
     def poll(self, timeout_s: float = 1.0, max_events: int = 500) -> list[LogEvent]:
         """Events that arrived within `timeout_s` (possibly none)."""

@@ -136,7 +136,9 @@ class Reassembler:
 
     `max_pending_bytes` caps the total size of incomplete payloads. Payloads over
     `spool_over_bytes` wait in unlinked temporary files under `spool_dir` (the
-    system's temporary directory by default), so that cap is mostly disk.
+    system's temporary directory by default), so that cap is mostly disk. A
+    `verifier` (see streams.signing) is asked about each payload's first frame;
+    a payload it refuses is dropped whole.
     """
 
     def __init__(
@@ -146,11 +148,14 @@ class Reassembler:
         clock: Callable[[], float] = time.monotonic,
         spool_over_bytes: int = SPOOL_OVER_BYTES,
         spool_dir: str | None = None,
+        verifier: Callable[[Envelope], str | None] | None = None,
     ) -> None:
         self.max_pending_bytes = max_pending_bytes
         self.timeout_s = timeout_s
         self.spool_over_bytes = spool_over_bytes
         self.spool_dir = spool_dir
+        # Asked on a payload's first frame: why its sender must not be believed (None: believe).
+        self.verifier = verifier
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -205,6 +210,11 @@ class Reassembler:
         self._finished.clear()
 
     def _open(self, envelope: Envelope) -> _Pending:
+        if self.verifier is not None and (reason := self.verifier(envelope)):
+            # Checked before a byte is kept; remembered as finished, so the refused payload's
+            # other frames are dropped quietly instead of each being refused again.
+            self._finish(envelope.message_id)
+            raise FrameError(f"message {envelope.message_id}: {reason}")
         size = envelope.payload_size
         if self.pending_bytes + size > self.max_pending_bytes:
             # Remember the refusal: the payload's later chunks are then ignored
@@ -271,7 +281,8 @@ class Reassembler:
             self._finished.popitem(last=False)
 
 
-_SAME_FIELDS = ("task_id", "round", "kind", "sender", "chunk_count", "payload_size", "payload_sha256")
+_SAME_FIELDS = ("task_id", "round", "kind", "sender", "chunk_count", "payload_size", "payload_sha256",
+                "signature")
 
 
 def _check_same_message(first: Envelope, other: Envelope) -> None:

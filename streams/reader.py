@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -18,7 +19,7 @@ from typing import Any, Self
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from schema.envelope import Envelope, EnvelopeError
-from streams.config import consumer_config
+from streams.config import Broker, as_broker, consumer_config
 from streams.errors import UNREACHABLE, BrokerUnavailable, StreamsError
 from streams.framing import FrameError, Payload, Reassembler
 from streams.topics import TopicAdmin
@@ -82,17 +83,19 @@ class _Where:
 class PayloadReader:
     """Reads payloads from every partition of some topics, by assignment rather than a group."""
 
-    def __init__(self, bootstrap: str, topics: list[str], *, from_beginning: bool = True,
-                 reassembler: Reassembler | None = None, timeout_s: float = 10.0) -> None:
-        self.bootstrap = bootstrap
-        self.reassembler = reassembler if reassembler is not None else Reassembler()
+    def __init__(self, broker: Broker | str, topics: list[str], *, from_beginning: bool = True,
+                 reassembler: Reassembler | None = None, timeout_s: float = 10.0,
+                 verifier: Callable[[Envelope], str | None] | None = None) -> None:
+        self.broker = as_broker(broker)
+        self.bootstrap = self.broker.bootstrap
+        self.reassembler = reassembler if reassembler is not None else Reassembler(verifier=verifier)
         # Where each pending payload's first frame was read: an expired
         # payload is reported there.
         self._first_seen: dict[str, tuple[Envelope, _Where]] = {}
         # Frames taken from librdkafka but not yet handled: poll() stops after
         # a large payload completes, so only one is in memory at a time.
         self._backlog: deque[Message] = deque()
-        self._consumer = Consumer(consumer_config(bootstrap, **_READER_OVERRIDES))
+        self._consumer = Consumer(consumer_config(self.broker, **_READER_OVERRIDES))
         self._closed = False
         self._topics = list(topics)
         self.resets = 0
@@ -166,7 +169,7 @@ class PayloadReader:
         # the offsets check above still applies.
         try:
             if self._admin is None:
-                self._admin = TopicAdmin(self.bootstrap, timeout_s=5)
+                self._admin = TopicAdmin(self.broker, timeout_s=5)
             return self._admin.ids(self._topics)
         except StreamsError as exc:
             _LOG.debug("could not read the ids of topics %s: %s", self._topics, exc)
@@ -175,9 +178,9 @@ class PayloadReader:
     def _start_over(self) -> None:
         # Recreate the topics, then read them with a brand-new consumer: the old one
         # keeps metadata of the lost topics and would not fetch from the new ones.
-        TopicAdmin(self.bootstrap).create(self._topics)
+        TopicAdmin(self.broker).create(self._topics)
         self._consumer.close()
-        self._consumer = Consumer(consumer_config(self.bootstrap, **_READER_OVERRIDES))
+        self._consumer = Consumer(consumer_config(self.broker, **_READER_OVERRIDES))
         # As at start-up: metadata first (list_topics), then assign from the beginning.
         self._assigned = self._partitions(self._topics, True, 10.0)
         self._consumer.assign(self._assigned)

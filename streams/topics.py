@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from streams.config import Broker, as_broker
 from streams.errors import UNREACHABLE, BrokerUnavailable, StreamsError
 
 _LEGAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -57,10 +58,11 @@ def events_topic(prefix: str) -> str:
 class TopicAdmin:
     """Create, delete and list topics; check that the broker answers."""
 
-    def __init__(self, bootstrap_servers: str, timeout_s: float = 10) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, broker: Broker | str, timeout_s: float = 10) -> None:
+        self.broker = as_broker(broker)
+        self.bootstrap_servers = self.broker.bootstrap
         self.timeout_s = timeout_s
-        config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _LOG}
+        config: dict[str, Any] = {**self.broker.config(), "logger": _LOG}
         self._admin = AdminClient(config)
 
     def ping(self, timeout_s: float = 3.0) -> None:

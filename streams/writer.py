@@ -10,14 +10,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schema.envelope import Envelope
-from streams.config import producer_config
+from streams.config import Broker, as_broker, producer_config
 from streams.errors import UNREACHABLE, BrokerUnavailable, StreamsError
 from streams.framing import split
+from streams.signing import Signer
 
 _LOG = logging.getLogger("streams.kafka")
 
@@ -53,9 +55,13 @@ class ProducerLike(Protocol):
 class PayloadWriter:
     """Sends whole payloads to a topic as acknowledged frames."""
 
-    def __init__(self, bootstrap: str, producer: ProducerLike | None = None,
-                 timeout_s: float = 120.0, stall_s: float | None = None) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, broker: Broker | str, producer: ProducerLike | None = None,
+                 timeout_s: float = 120.0, stall_s: float | None = None,
+                 signer: Signer | None = None) -> None:
+        self.broker = as_broker(broker)
+        self.bootstrap = self.broker.bootstrap
+        # Whose name the payloads go out in: every frame carries the sender's signature.
+        self.signer = signer
         self.timeout_s = timeout_s
         # Give up before timeout_s when no frame is acknowledged for this long (None: never).
         self.stall_s = stall_s
@@ -64,7 +70,7 @@ class PayloadWriter:
         # A failed send may still leave some frames on the topic: readers
         # drop that partial payload when it expires (and a complete one
         # delivered late is a duplicate, which consumers discard anyway).
-        config = producer_config(bootstrap, **_WRITER_OVERRIDES,
+        config = producer_config(self.broker, **_WRITER_OVERRIDES,
                                  **{"message.timeout.ms": int(timeout_s * 1000)})
         self._producer: ProducerLike = producer if producer is not None else Producer(config)
 
@@ -75,6 +81,10 @@ class PayloadWriter:
         Re-sending a payload under its first `message_id` lets readers know it for a repeat.
         """
         frames = split(task_id, round, kind, sender, payload, message_id=message_id)
+        if self.signer is not None:
+            # One signature per payload (it covers the payload's sha256), carried by every frame.
+            signature = self.signer.sign(frames[0][0])
+            frames = [(replace(envelope, signature=signature), chunk) for envelope, chunk in frames]
         outcome = _Acks()
         deadline = time.monotonic() + self.timeout_s
         # One key for every frame: they land on one partition, in order.
@@ -173,10 +183,13 @@ class ResilientWriter:
     reader that got an earlier attempt knows the next one for a repeat.
     """
 
-    def __init__(self, bootstrap: str, *, attempts: int = 4, timeout_s: float = 45.0,
+    def __init__(self, broker: Broker | str, *, attempts: int = 4, timeout_s: float = 45.0,
                  stall_s: float = 15.0, on_retry: Callable[[str], None] | None = None,
-                 producer_factory: Callable[[], ProducerLike] | None = None) -> None:
-        self.bootstrap = bootstrap
+                 producer_factory: Callable[[], ProducerLike] | None = None,
+                 signer: Signer | None = None) -> None:
+        self.broker = as_broker(broker)
+        self.bootstrap = self.broker.bootstrap
+        self.signer = signer
         self.attempts = attempts
         self.timeout_s = timeout_s
         self.stall_s = stall_s
@@ -186,7 +199,12 @@ class ResilientWriter:
 
     def _new_writer(self) -> PayloadWriter:
         producer = self._producer_factory() if self._producer_factory is not None else None
-        return PayloadWriter(self.bootstrap, producer, timeout_s=self.timeout_s, stall_s=self.stall_s)
+        return PayloadWriter(self.broker, producer, timeout_s=self.timeout_s, stall_s=self.stall_s,
+                             signer=self.signer)
+
+    def sign_as(self, signer: Signer) -> None:
+        """Sign every payload from now on with this member's key."""
+        self.signer = self._writer.signer = signer
 
     def renew(self) -> None:
         """Drop the producer and start a new one (after a broker restart)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client import (
     ConflictError,
@@ -15,16 +16,19 @@ from client import (
     PermissionDenied,
     ValidationFailed,
 )
+from client.keys import public_text
 from tests.conftest import ApiProcess, unique
 
 pytestmark = pytest.mark.integration
 
 
 def person(api: ApiProcess) -> MusketeerClient:
+    """A registered, logged-in user with a signing key (a task starts only once all have one)."""
     client = MusketeerClient(api.url)
     name = unique("p")
     client.register(name, "training-pass", "Org")
     client.login(name, "training-pass")
+    client.register_key(public_text(Ed25519PrivateKey.generate()))
     return client
 
 

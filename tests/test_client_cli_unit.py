@@ -7,6 +7,7 @@ codes. Behaviour against the real API is covered by the integration tests.
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from client import (
 from client.credentials import Credentials, load_credentials, save_credentials
 from client.http import is_idempotent
 from infra.audit import audit_replay
+from schema.keys import fingerprint
 
 API = "http://api.test"
 NOW = "2026-01-02T03:04:05+00:00"
@@ -137,9 +139,39 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own profile and credentials paths and no ambient settings."""
     monkeypatch.setenv("MUSKETEER_PROFILE", str(tmp_path / "profile.json"))
     monkeypatch.setenv("MUSKETEER_CREDENTIALS", str(tmp_path / "credentials.json"))
-    for name in ("MUSKETEER_TOKEN", "MUSKETEER_API_URL", "DATABASE_URL", "MUSKETEER_PASSWORD"):
+    for name in ("MUSKETEER_TOKEN", "MUSKETEER_API_URL", "DATABASE_URL", "MUSKETEER_PASSWORD",
+                 "MUSKETEER_KEYS_DIR"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
+
+
+@dataclass
+class FakeKeys:
+    """The API's key endpoints for alice: what was registered, in order."""
+
+    registered: list[str] = field(default_factory=list)
+
+    def install(self, api: FakeApi) -> None:
+        api.on("GET", "/v1/users/me", httpx.Response(200, json={"username": "alice", "organization": "IBM"}))
+        api.handle("GET", "/v1/users/me/keys", lambda _: httpx.Response(200, json={"items": [
+            {"username": "alice", "fingerprint": fingerprint(base64.b64decode(k)), "public_key": k,
+             "status": "active" if i == len(self.registered) - 1 else "rotated"}
+            for i, k in enumerate(self.registered)][::-1]}))
+        api.handle("PUT", "/v1/users/me/keys", self._put)
+
+    def _put(self, request: httpx.Request) -> httpx.Response:
+        key = json.loads(request.content)["public_key"]
+        self.registered.append(key)
+        return httpx.Response(201, json={"username": "alice", "fingerprint": fingerprint(base64.b64decode(key)),
+                                         "public_key": key, "status": "active"})
+
+
+@pytest.fixture
+def keys(api: FakeApi) -> FakeKeys:
+    """Key endpoints on the fake API."""
+    fake = FakeKeys()
+    fake.install(api)
+    return fake
 
 
 # --- client: error mapping ------------------------------------------------------------
@@ -789,7 +821,7 @@ def test_rejected_definition_shows_the_field_errors(
     assert "definition.quorum: must be >= 1" in result.stderr
 
 
-def test_join_and_leave(run: Callable[..., Any], api: FakeApi, isolated_env: Path) -> None:
+def test_join_and_leave(run: Callable[..., Any], api: FakeApi, isolated_env: Path, keys: FakeKeys) -> None:
     """join and leave report the participant count."""
     logged_in(isolated_env)
     api.on("POST", "/v1/tasks/mnist/join", httpx.Response(200, json=task_view(participant_count=2)))
@@ -804,7 +836,8 @@ def test_join_and_leave(run: Callable[..., Any], api: FakeApi, isolated_env: Pat
     assert left.exit_code == 0 and "1 participants remain" in left.stdout
 
 
-def test_join_conflict_exits_1(run: Callable[..., Any], api: FakeApi, isolated_env: Path) -> None:
+def test_join_conflict_exits_1(run: Callable[..., Any], api: FakeApi, isolated_env: Path,
+                               keys: FakeKeys) -> None:
     """A 409 is reported once, with its code, and not retried."""
     logged_in(isolated_env)
     api.on("POST", "/v1/tasks/mnist/join", error(409, "conflict", "task has already started"))
@@ -813,7 +846,46 @@ def test_join_conflict_exits_1(run: Callable[..., Any], api: FakeApi, isolated_e
 
     assert result.exit_code == 1
     assert "conflict: task has already started" in result.stderr
-    assert len(api.requests) == 1
+    assert sum(1 for r in api.requests if r.url.path.endswith("/join")) == 1
+
+
+# --- signing keys ------------------------------------------------------------------
+
+
+def test_join_makes_and_registers_a_key_once(run: Callable[..., Any], api: FakeApi, isolated_env: Path,
+                                             keys: FakeKeys) -> None:
+    """The first join makes an Ed25519 key (0600, in a 0700 folder beside the login) and registers
+    its public half; a second join reuses it."""
+    logged_in(isolated_env)
+    api.on("POST", "/v1/tasks/mnist/join", httpx.Response(200, json=task_view(participant_count=2)))
+
+    assert run("tasks", "join", "mnist").exit_code == 0
+    assert run("tasks", "join", "mnist").exit_code == 0
+
+    assert len(keys.registered) == 1
+    folder = isolated_env / "keys" / "alice"
+    pems = list(folder.glob("*.pem"))
+    assert [p.stem for p in pems] == [fingerprint(base64.b64decode(keys.registered[0]))]
+    assert stat.S_IMODE(pems[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert b"PRIVATE KEY" in pems[0].read_bytes()
+    assert all(b"PRIVATE" not in r.content for r in api.requests), "the private key left the machine"
+
+
+def test_rotate_keeps_the_old_key_and_registers_a_new_one(run: Callable[..., Any], api: FakeApi,
+                                                         isolated_env: Path, keys: FakeKeys) -> None:
+    """rotate registers a second key; the first stays on disk for tasks that recorded it."""
+    logged_in(isolated_env)
+    assert run("keys", "register").exit_code == 0
+    rotated = run("keys", "rotate")
+
+    assert rotated.exit_code == 0 and "Rotated" in rotated.stdout
+    assert len(keys.registered) == 2 and keys.registered[0] != keys.registered[1]
+    assert len(list((isolated_env / "keys" / "alice").glob("*.pem"))) == 2
+    shown = run("keys", "show")
+    assert shown.exit_code == 0
+    newest = fingerprint(base64.b64decode(keys.registered[1]))
+    assert f"active   {newest} (on this machine)" in shown.stdout
 
 
 def test_delete_asks_first(run: Callable[..., Any], api: FakeApi, isolated_env: Path) -> None:
@@ -952,6 +1024,7 @@ def test_every_command_explains_itself(run: Callable[..., Any]) -> None:
     """Each command has --help text and takes --api-url."""
     commands = [["register"], ["login"], ["logout"], ["whoami"], ["audit", "verify"]]
     commands += [["tasks", name] for name in cli.TASK_COMMANDS]
+    commands += [["keys", name] for name in cli.KEY_COMMANDS]
     for command in commands:
         result = run(*command, "--help")
         assert result.exit_code == 0, command

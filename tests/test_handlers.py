@@ -7,17 +7,20 @@ against the real services in tests/test_api.py and tests/test_api_training.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass, field
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from api.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
+from api.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, NotFound
 from api.handlers import Context
 from api.settings import Settings
 from api.store.memory import MemoryEventStore
 from api.training import TrainingCommands
-from schema.commands import CreateTask, RecordRound, RegisterUser
+from schema.commands import CreateTask, RecordRound, RegisterKey, RegisterUser
 from schema.definition import TaskDefinition
 
 
@@ -44,13 +47,20 @@ def topics() -> RecordingTopics:
     return RecordingTopics()
 
 
+def new_key() -> str:
+    """A fresh Ed25519 public key, base64, as the client registers it."""
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
 @pytest.fixture()
 def commands(topics: RecordingTopics) -> TrainingCommands:
-    """Alice, John, Jack and Eve registered on a fresh in-memory store."""
+    """Alice, John, Jack and Eve registered, each with a signing key, on a fresh in-memory store."""
     commands = TrainingCommands(MemoryEventStore(), SETTINGS, topics)
     for name in ("alice", "john", "jack", "eve"):
         commands.register_user(RegisterUser(username=name, password="s3cret-pass", organization="Org"),
                                as_user("anonymous"))
+        commands.register_key(RegisterKey(public_key=new_key()), as_user(name))
     return commands
 
 
@@ -163,3 +173,50 @@ def test_delete_is_the_creators_and_frees_a_never_started_tasks_topics(commands:
     commands.start("t2", as_user("alice"))
     commands.delete("t2", as_user("alice"))
     assert len(topics.deleted) == 2, "a started task's topics are left to the retention sweep"
+
+
+def test_start_records_the_key_of_every_member(commands: TrainingCommands) -> None:
+    """TaskStarted names the fingerprint of the creator's key and each participant's."""
+    name = create(commands, quorum=1)
+    commands.join(name, as_user("john"))
+    started = commands.start(name, as_user("alice")).body
+    with commands.store.session() as session:
+        expected = {who: session.active_key(who) for who in ("alice", "john")}
+    assert started["keys"] == expected and all(expected.values())
+
+
+def test_start_waits_for_members_without_a_key(commands: TrainingCommands) -> None:
+    """A member with no key (or only a revoked one) keeps the task from starting, by name."""
+    name = create(commands, quorum=1)
+    commands.join(name, as_user("john"))
+    with commands.store.session() as session:
+        johns = session.active_key("john")
+    assert johns is not None
+    commands.revoke_key(johns, as_user("john"))
+    with pytest.raises(Conflict, match="no signing key registered for: john") as refused:
+        commands.start(name, as_user("alice"))
+    assert refused.value.details == {"missing_keys": ["john"]}
+
+
+def test_rotating_a_key_retires_the_old_one(commands: TrainingCommands) -> None:
+    """A new key replaces the current one, which may not be registered again."""
+    with commands.store.session() as session:
+        old = session.active_key("john")
+    rotated = commands.register_key(RegisterKey(public_key=(fresh := new_key())), as_user("john")).body
+    assert rotated["replaces"] == old and rotated["status"] == "active"
+    with commands.store.session() as session:
+        assert session.key_owner(old or "") == ("john", "rotated")
+    again = commands.register_key(RegisterKey(public_key=fresh), as_user("john"))
+    assert again.status == 200, "registering the current key again changes nothing"
+
+
+def test_a_key_speaks_for_one_member_only(commands: TrainingCommands) -> None:
+    """Someone else's public key cannot be registered; nor can a stranger revoke it."""
+    key = new_key()
+    commands.register_key(RegisterKey(public_key=key), as_user("john"))
+    with pytest.raises(Conflict, match="already registered"):
+        commands.register_key(RegisterKey(public_key=key), as_user("eve"))
+    with commands.store.session() as session:
+        johns = session.active_key("john") or ""
+    with pytest.raises(NotFound):
+        commands.revoke_key(johns, as_user("eve"))

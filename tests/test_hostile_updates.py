@@ -1,4 +1,9 @@
-"""Hostile updates on a real task: each is rejected and recorded; the rounds complete anyway."""
+"""Hostile updates on a real task: each is rejected and recorded; the rounds complete anyway.
+
+The bad contents come signed by members themselves (a faulty or malicious participant), so they
+pass the signature check and meet the aggregator's other checks; an outsider's forgeries are in
+tests/test_forged_updates.py.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from streams.codec import (
     keras_weights_to_bundle,
 )
 from streams.reader import PayloadReader, Received
+from streams.signing import Signer
 from streams.writer import PayloadWriter
 from tests.conftest import ApiProcess, eventually, unique
 from tests.training_support import daemon_env, dump, member, spawn, wait_all
@@ -59,24 +65,26 @@ def first_round_weights(bootstrap: str, topic: str, task_id: str, timeout_s: flo
 
 def test_hostile_updates_are_rejected_and_recorded(api: ApiProcess, broker: Any, topic_prefix: str,
                                                    tmp_path: Path) -> None:
-    """Duplicate, stale, wrong shape, NaN, unknown sender, garbage: six UpdateRejected, task done."""
+    """Duplicate, stale, wrong shape, NaN, over-claimed, unsigned, garbage: each an UpdateRejected."""
     alice, john, jack = (member(api, p) for p in ("alice", "john", "jack"))
     name = unique("hostile")
-    task = alice.client.create_task(name, {"quorum": 2, "rounds": 2, "epochs": 3,
+    task = alice.client.create_task(name, {"quorum": 2, "rounds": 2, "epochs": 3, "training_size": 500,
                                            "model": "digits-mlp", "learning_rate": 0.01})
     john.client.join(name)
     jack.client.join(name)
+    signers = {who.name: Signer(who.register_key()) for who in (john, jack)}  # their daemons' keys
     logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", john.name, jack.name)}
     processes = {"aggregator": spawn(["aggregate", name, "--round-timeout", "300"],
                                      daemon_env(api, alice, broker.bootstrap, topic_prefix),
                                      logs["aggregator"])}
     weights = first_round_weights(broker.bootstrap, task.topics.broadcast, task.task_id)
 
-    # Arrange: forge every kind of bad message before the real participants answer.
-    writer = PayloadWriter(broker.bootstrap)
+    # Arrange: send every kind of bad message, signed by the member it names, before the real
+    # participants answer (an unsigned one too).
     updates = task.topics.updates
 
-    def send(sender: str, round_no: int, payload: bytes) -> None:
+    def send(sender: str, round_no: int, payload: bytes, signed: bool = True) -> None:
+        writer = PayloadWriter(broker.bootstrap, signer=signers[sender] if signed else None)
         writer.send(updates, task_id=task.task_id, round=round_no, kind=dataplane.UPDATE,
                     sender=sender, payload=payload)
 
@@ -86,7 +94,8 @@ def test_hostile_updates_are_rejected_and_recorded(api: ApiProcess, broker: Any,
     send(john.name, 0, good)                       # stale round
     send(jack.name, 1, update_bytes([w.reshape(-1) for w in weights]))            # wrong shape
     send(jack.name, 1, update_bytes([np.full_like(w, np.nan) for w in weights]))  # NaN values
-    send("mallory", 1, good)                       # unknown sender
+    send(jack.name, 1, update_bytes(weights, samples=10**9))                      # over-claimed
+    send(jack.name, 1, good, signed=False)         # unsigned
     raw = Producer({"bootstrap.servers": broker.bootstrap})
     raw.produce(updates, value=b"\x00garbage\xff" * 10)                            # garbage bytes
     raw.flush(10)
@@ -108,8 +117,8 @@ def test_hostile_updates_are_rejected_and_recorded(api: ApiProcess, broker: Any,
     events = alice.client.task_events(name)
     reasons = [e.data["reason"] for e in events if e.type == "UpdateRejected"]
     expected = {"duplicate": "duplicate update", "stale": "stale update",
-                "shape": "has shape", "nan": "NaN or infinite", "unknown": "unknown sender",
-                "garbage": "header"}
+                "shape": "has shape", "nan": "NaN or infinite", "over-claimed": "claims 1000000000 samples",
+                "unsigned": "unsigned message", "garbage": "header"}
     for label, words in expected.items():
         assert any(words in reason for reason in reasons), f"no {label} rejection in {reasons}"
     assert sum("duplicate update" in r for r in reasons) >= 2  # forged + the real john's update

@@ -25,7 +25,7 @@ def test_seed_spelling_is_normalised() -> None:
     definition = TaskDefinition.model_validate(seed).to_json()
     assert definition == {"quorum": 2, "rounds": 5, "epochs": 2, "batch_size": 128,
                           "learning_rate": 0.001, "training_size": 4000, "test_size": 1000,
-                          "algorithm": "fedavg"}
+                          "algorithm": "fedavg", "aggregation": "fedavg"}
 
 
 def test_extra_algorithm_fields_are_kept() -> None:
@@ -89,6 +89,8 @@ def _random_value(annotation: str, rng: random.Random) -> Any:
     text = "".join(rng.choice("abcxyz-_.") for _ in range(rng.randint(1, 12)))
     if annotation.startswith("dict[str, int]"):
         return {f"k{i}": rng.randint(0, 9) for i in range(rng.randint(0, 3))}
+    if annotation.startswith("dict[str, str]"):
+        return {f"k{i}": text + str(i) for i in range(rng.randint(0, 3))}
     if annotation.startswith("dict[str, float]"):
         return {f"k{i}": rng.random() for i in range(rng.randint(0, 3))}
     if annotation.startswith("dict"):

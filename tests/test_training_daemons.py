@@ -105,6 +105,8 @@ def test_deleting_a_running_task_stops_its_participant_cleanly(api: ApiProcess, 
     name = unique("deleted")
     alice.client.create_task(name, DIGITS)
     john.client.join(name)
+    alice.register_key()
+    john.register_key()  # in his keys folder: his daemon signs with it
     alice.client.start_task(name)  # no aggregator: john waits for a broadcast that never comes
     log = tmp_path / "john.log"
     process = spawn(["participate", name, "--dataset", "digits", "--output", str(tmp_path / "out")],

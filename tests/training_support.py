@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from client import MusketeerClient
+from client.keys import KeyRing
+from client.keys_api import ensure_registered
 from infra.daemons import daemon_environment, describe_logs, spawn_musketeer
 from tests.conftest import ApiProcess, unique
 
@@ -15,10 +20,19 @@ PASSWORD = "federated-pass"
 
 @dataclass
 class Member:
-    """A registered, logged-in user."""
+    """A registered, logged-in user, with a folder for their signing keys (their machine's)."""
 
     name: str
     client: MusketeerClient
+    keys_dir: Path
+
+    @property
+    def keys(self) -> KeyRing:
+        return KeyRing(self.keys_dir, self.name)
+
+    def register_key(self) -> Ed25519PrivateKey:
+        """Make and register this member's key, as their daemon would on its start."""
+        return ensure_registered(self.client, self.keys)
 
 
 def member(api: ApiProcess, prefix: str, organization: str = "Org") -> Member:
@@ -27,12 +41,12 @@ def member(api: ApiProcess, prefix: str, organization: str = "Org") -> Member:
     name = unique(prefix)
     client.register(name, PASSWORD, organization)
     client.login(name, PASSWORD)
-    return Member(name, client)
+    return Member(name, client, Path(tempfile.mkdtemp(prefix=f"keys-{name}-")))
 
 
 def daemon_env(api: ApiProcess, who: Member, bootstrap: str, prefix: str) -> dict[str, str]:
-    """The environment a daemon of `who` runs with: this API, broker, topics and token."""
-    return daemon_environment(api.url, who.client.token or "", bootstrap, prefix)
+    """The environment a daemon of `who` runs with: this API, broker, topics, token and keys."""
+    return daemon_environment(api.url, who.client.token or "", bootstrap, prefix, who.keys_dir)
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

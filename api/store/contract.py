@@ -183,6 +183,14 @@ class Session(ABC):
         """The organisation of a registered user, None if there is no such user."""
 
     @abstractmethod
+    def active_key(self, username: str) -> str | None:
+        """The fingerprint of the user's current signing key, if they have one."""
+
+    @abstractmethod
+    def key_owner(self, fingerprint: str) -> tuple[str, str] | None:
+        """(username, status) of a registered key, None if no one registered it."""
+
+    @abstractmethod
     def add_credentials(self, username: str, password_hash: str) -> None:
         """Keep a new user's password hash beside the log (never in it)."""
 

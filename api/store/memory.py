@@ -29,15 +29,16 @@ from api.store.contract import (
     seal,
     walk_chain,
 )
-from schema.events import RecordedEvent, TaskCreated, UserRegistered
+from schema.events import MemberKeyRegistered, MemberKeyRevoked, RecordedEvent, TaskCreated, UserRegistered
 
 
 @dataclass
 class ReadModels:
-    """What the in-memory backend projects: users' organisations and live task names."""
+    """What the in-memory backend projects: organisations, task names and signing keys."""
 
     organizations: dict[str, str] = field(default_factory=dict)
     task_ids: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # fingerprint: (user, status)
 
     def apply(self, record: RecordedEvent) -> None:
         """Project one event."""
@@ -47,6 +48,13 @@ class ReadModels:
         elif isinstance(event, TaskCreated):
             # Deleted tasks keep their name, as in the SQL projection: names stay taken.
             self.task_ids[event.name] = event.task_id
+        elif isinstance(event, MemberKeyRegistered):
+            for fingerprint, (user, status) in list(self.keys.items()):
+                if user == event.username and status == "active":
+                    self.keys[fingerprint] = (user, "rotated")
+            self.keys[event.fingerprint] = (event.username, "active")
+        elif isinstance(event, MemberKeyRevoked):
+            self.keys[event.fingerprint] = (event.username, "revoked")
 
 
 @dataclass
@@ -106,6 +114,13 @@ class MemorySession(Session):
     def organization(self, username: str) -> str | None:
         return self.state.models.organizations.get(username)
 
+    def active_key(self, username: str) -> str | None:
+        return next((fp for fp, (user, status) in self.state.models.keys.items()
+                     if user == username and status == "active"), None)
+
+    def key_owner(self, fingerprint: str) -> tuple[str, str] | None:
+        return self.state.models.keys.get(fingerprint)
+
     def add_credentials(self, username: str, password_hash: str) -> None:
         self.state.credentials[username] = password_hash
 
@@ -156,7 +171,8 @@ class MemoryEventStore(EventStore):
             self._state.models = after
         differences = [f"{name}: {key}: {old.get(key)!r} before, {new.get(key)!r} after rebuild"
                        for name, old, new in (("organizations", before.organizations, after.organizations),
-                                              ("task_ids", before.task_ids, after.task_ids))
+                                              ("task_ids", before.task_ids, after.task_ids),
+                                              ("keys", before.keys, after.keys))
                        for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
         return RebuildReport(len(self._state.rows), differences)
 

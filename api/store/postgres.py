@@ -114,6 +114,18 @@ class PostgresSession(Session):
         ).fetchone()
         return str(row["organization"]) if row else None
 
+    def active_key(self, username: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT fingerprint FROM member_keys WHERE username = %s AND status = 'active'", (username,)
+        ).fetchone()
+        return str(row["fingerprint"]) if row else None
+
+    def key_owner(self, fingerprint: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT username, status FROM member_keys WHERE fingerprint = %s", (fingerprint,)
+        ).fetchone()
+        return (str(row["username"]), str(row["status"])) if row else None
+
     def add_credentials(self, username: str, password_hash: str) -> None:
         self.conn.execute("INSERT INTO credentials (username, password_hash) VALUES (%s, %s)",
                           (username, password_hash))

@@ -12,6 +12,7 @@ import typer
 
 from client.cli.accounts import login, logout, register_user, whoami
 from client.cli.audit import audit_verify
+from client.cli.keys import keys_register, keys_revoke, keys_rotate, keys_show
 from client.cli.session import ClientFactory, Session, client_from_profile
 from client.cli.tasks import (
     tasks_create,
@@ -36,6 +37,14 @@ TASK_COMMANDS: dict[str, Callable[..., Any]] = {
 }
 
 
+KEY_COMMANDS: dict[str, Callable[..., Any]] = {
+    "show": keys_show,
+    "register": keys_register,
+    "rotate": keys_rotate,
+    "revoke": keys_revoke,
+}
+
+
 def register(app: typer.Typer, *, client_factory: ClientFactory | None = None) -> dict[str, typer.Typer]:
     """Add the account, `tasks` and `audit` commands to `app`; return the groups by name.
 
@@ -55,7 +64,12 @@ def register(app: typer.Typer, *, client_factory: ClientFactory | None = None) -
         tasks.command(name)(command)
     app.add_typer(tasks, name="tasks", context_settings=settings)
 
+    keys = typer.Typer(help="Your signing keys: every payload you send is signed.", no_args_is_help=True)
+    for name, command in KEY_COMMANDS.items():
+        keys.command(name)(command)
+    app.add_typer(keys, name="keys", context_settings=settings)
+
     audit = typer.Typer(help="Check that the event log was not altered.", no_args_is_help=True)
     audit.command("verify")(audit_verify)
     app.add_typer(audit, name="audit", context_settings=settings)
-    return {"tasks": tasks, "audit": audit}
+    return {"tasks": tasks, "keys": keys, "audit": audit}

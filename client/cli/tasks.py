@@ -11,7 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from client.cli import output as show
-from client.cli.session import ApiUrl, AsJson, TaskName, reports_errors, session
+from client.cli.session import ApiUrl, AsJson, TaskName, profile, reports_errors, session
+from client.keys import KeyRing
+from client.keys_api import ensure_registered
 
 
 def _parse_time(value: str | None) -> str | None:
@@ -188,8 +190,10 @@ def tasks_create(
 def tasks_join(
     ctx: typer.Context, name: TaskName, api_url: ApiUrl = None, as_json: AsJson = False
 ) -> None:
-    """Join a task as a participant."""
+    """Join a task as a participant (making and registering your signing key if you have none)."""
     with session(ctx).client(api_url) as client:
+        # The task can only start once every member has a key: make sure ours is there.
+        ensure_registered(client, KeyRing(profile().keys_dir(), client.me().username))
         task = client.join(name)
     if as_json:
         return show.print_json(task)

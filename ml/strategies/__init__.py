@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ml.strategies.fedavg import RunningAverage, Template, check_update, template_of
+from ml.strategies.robust import Clipped, Median, TrimmedMean
 
 Array = np.ndarray[Any, Any]
 
@@ -24,7 +25,10 @@ class Strategy(Protocol):
     """One round's aggregate, built one update at a time."""
 
     template: Template
-    count: int
+
+    @property
+    def count(self) -> int:
+        """Updates folded so far."""
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Fold one participant's checked weights, trained on `samples` samples."""
@@ -34,5 +38,19 @@ class Strategy(Protocol):
 
 
 def for_round(definition: dict[str, Any], global_weights: Sequence[Array]) -> Strategy:
-    """The strategy the definition asks for, for a round starting from `global_weights`."""
-    return RunningAverage(template_of(global_weights))
+    """The strategy the definition asks for (`aggregation`, `trim`, `clip_norm`), for a round
+    starting from `global_weights`."""
+    template = template_of(global_weights)
+    rule = definition.get("aggregation", "fedavg")
+    strategy: Strategy
+    if rule == "median":
+        strategy = Median(template)
+    elif rule == "trimmed_mean":
+        trim = definition.get("trim")
+        strategy = TrimmedMean(template, 0.1 if trim is None else float(trim))
+    elif rule == "fedavg":
+        strategy = RunningAverage(template)
+    else:
+        raise ValueError(f"unknown aggregation {rule!r}")
+    clip_norm = definition.get("clip_norm")
+    return Clipped(strategy, global_weights, float(clip_norm)) if clip_norm else strategy
