@@ -45,22 +45,21 @@ def reset_peak() -> bool:
 
 
 def watch_rounds(record: dict[str, Any]) -> None:
-    """Wrap Aggregator._round to note memory around the rounds (behaviour unchanged)."""
-    from aggregator.daemon import Aggregator
+    """Wrap the daemon's run_round to note memory around the rounds (behaviour unchanged)."""
+    import aggregator.daemon
 
-    original = Aggregator._round
+    original = aggregator.daemon.run_round
 
-    def _round(self: Aggregator, *args: Any, **kwargs: Any) -> Any:
-        round_no = args[5] if len(args) > 5 else kwargs.get("round_no")
+    def run_round(run: Any, round_no: int, *args: Any, **kwargs: Any) -> Any:
         if round_no == 1:
             record["baseline_rss_kib"] = status_kib("VmRSS")
             record["setup_peak_kib"] = status_kib("VmHWM")
             record["peak_reset"] = reset_peak()
-        result = original(self, *args, **kwargs)
+        result = original(run, round_no, *args, **kwargs)
         record["rounds_peak_kib"] = status_kib("VmHWM")
         return result
 
-    Aggregator._round = _round  # type: ignore[method-assign]
+    aggregator.daemon.run_round = run_round
 
 
 def main() -> None:

@@ -38,7 +38,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from client import MusketeerClient, Task
+from client.keys import public_text
 from infra.apiproc import start_api
 from infra.procs import log_tail
 from infra.tansu import start_broker
@@ -46,6 +49,7 @@ from schema import dataplane
 from schema.dataplane import UpdateMeta
 from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
 from streams.reader import PayloadReader, Received, Rejected
+from streams.signing import Signer
 from streams.writer import PayloadWriter
 from tests.conftest import drop_database, fresh_database
 
@@ -112,7 +116,7 @@ def build_model_file(params: int, folder: Path, tag: str) -> tuple[Path, int]:
 class NoOpParticipant(threading.Thread):
     """Answers every broadcast round with the weights it received, unchanged (no training)."""
 
-    def __init__(self, bootstrap: str, task: Task, username: str, abort: threading.Event,
+    def __init__(self, bootstrap: str, task: Task, username: str, signer: Signer, abort: threading.Event,
                  send_lock: threading.Lock | None = None) -> None:
         super().__init__(name=f"participant-{username}", daemon=True)
         self.bootstrap = bootstrap
@@ -122,6 +126,7 @@ class NoOpParticipant(threading.Thread):
         self.broadcast_topic: str = task.topics.broadcast
         self.updates_topic: str = task.topics.updates
         self.username = username
+        self.signer = signer  # every update is signed, as a real participant's
         self.abort = abort
         self.send_lock = send_lock
         self.answered: list[int] = []
@@ -136,7 +141,7 @@ class NoOpParticipant(threading.Thread):
             self.error = exc
 
     def _follow(self) -> None:
-        writer = PayloadWriter(self.bootstrap)
+        writer = PayloadWriter(self.bootstrap, signer=self.signer)
         with PayloadReader(self.bootstrap, [self.broadcast_topic]) as broadcasts:
             while not self.abort.is_set():
                 for delivery in broadcasts.poll(1.0):
@@ -183,16 +188,25 @@ def user(platform: Platform, name: str) -> MusketeerClient:
     return client
 
 
+def keyed_user(platform: Platform, name: str) -> tuple[MusketeerClient, Signer]:
+    """Register and log in `name` with a signing key of their own."""
+    client = user(platform, name)
+    key = Ed25519PrivateKey.generate()
+    client.register_key(public_text(key))
+    return client, Signer(key)
+
+
 def create_task(platform: Platform, params: int, n: int, rounds: int
-                ) -> tuple[MusketeerClient, Task, list[str]]:
+                ) -> tuple[MusketeerClient, Task, dict[str, Signer]]:
     """A creator, a task with quorum n, and n participants who joined it."""
     tag = f"rb{platform.run}p{params}n{n}"
     creator = user(platform, f"{tag}-creator")
     task = creator.create_task(f"{tag}-task", {"quorum": n, "rounds": rounds, "epochs": 1})
-    names = [f"{tag}-p{i}" for i in range(n)]
-    for name in names:
-        user(platform, name).join(task.name)
-    return creator, task, names
+    signers: dict[str, Signer] = {}
+    for name in (f"{tag}-p{i}" for i in range(n)):
+        client, signers[name] = keyed_user(platform, name)
+        client.join(task.name)
+    return creator, task, signers
 
 
 # -- the aggregator process ---------------------------------------------------------
@@ -204,7 +218,8 @@ def aggregator_env(platform: Platform, token: str, rss_file: Path) -> dict[str, 
     env.update({"MUSKETEER_API_URL": platform.api_url, "KAFKA_BOOTSTRAP_SERVERS": platform.bootstrap,
                 "MUSKETEER_TOPIC_PREFIX": platform.prefix, "MUSKETEER_TOKEN": token,
                 "MUSKETEER_PROFILE": "/nonexistent/profile.json", "COLUMNS": "200",
-                "TF_CPP_MIN_LOG_LEVEL": "2", "ROUND_BENCH_RSS_FILE": str(rss_file)})
+                "TF_CPP_MIN_LOG_LEVEL": "2", "ROUND_BENCH_RSS_FILE": str(rss_file),
+                "MUSKETEER_KEYS_DIR": str(platform.work / "keys")})
     return env
 
 
@@ -279,7 +294,8 @@ def bench_combination(platform: Platform, model_file: Path, params: int, n: int,
     creator, task, names = create_task(platform, params, n, rounds)
     abort = threading.Event()
     lock = threading.Lock() if serialise else None
-    participants = [NoOpParticipant(platform.bootstrap, task, name, abort, lock) for name in names]
+    participants = [NoOpParticipant(platform.bootstrap, task, name, signer, abort, lock)
+                    for name, signer in names.items()]
     for participant in participants:
         participant.start()
     try:
