@@ -6,6 +6,8 @@ round's weights), so a broker that lost the topics can be sent all of it again.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from client import Task
@@ -46,6 +48,11 @@ class Broadcaster:
     def final(self, round_no: int, payload: bytes) -> None:
         """The final model."""
         self._send(dataplane.FINAL, round_no, payload)
+
+    def control(self, kind: str, round_no: int, meta: dict[str, Any],
+                arrays: dict[str, np.ndarray] | None = None) -> None:
+        """A protocol message (secure aggregation's roster, share list and unmask request)."""
+        self._send(kind, round_no, encode_bundle(ArrayBundle(arrays=arrays or {}, meta=meta)))
 
     def stop(self, reason: str) -> None:
         """Tell participants the task failed or was stopped."""

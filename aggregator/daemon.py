@@ -17,8 +17,9 @@ from aggregator.collect import Collector
 from aggregator.model import build_initial, evaluation_data
 from aggregator.quorum import start_when_keyed, wait_for_quorum
 from aggregator.record import Recorder
-from aggregator.round import run_round
+from aggregator.round import round_timeout, run_round
 from aggregator.run import AggregationFailed, AggregatorOptions, Progress, RoundResult, TaskRun
+from aggregator.secure import secure_standardise
 from aggregator.standardise import standardise
 from aggregator.verify import Gate
 from client import MusketeerClient, Task
@@ -26,7 +27,8 @@ from client.keys import KeyRing, fingerprint_of
 from client.keys_api import ensure_registered
 from client.profile import Profile
 from ml.payload import model_payload
-from schema import dataplane
+from ml.secagg.dp import Budget
+from schema import dataplane, privacy
 from schema.dataplane import ModelMeta
 from schema.lifecycle import TaskStatus
 from streams.config import Broker, KafkaSecurity
@@ -93,21 +95,29 @@ class Aggregator:
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
             model, meta, weights = self._restore(run) if done > 0 else self._start(run)
             evaluation = evaluation_data(self.options, meta, run.mean, run.std)
+            budget, stopped = Budget.of(task.definition), None
             for round_no in range(done + 1, meta.rounds + 1):
+                if budget is not None and (stopped := budget.stop_before(round_no)):
+                    run.say(stopped)
+                    break
                 # Keys are read again each round: a member's revocation counts from the next one.
                 verifier.update(self.client.task_member_keys(self.name))
-                weights, result = run_round(run, round_no, meta, weights, model, evaluation)
+                epsilon = budget.after(round_no) if budget is not None else None
+                weights, result = run_round(run, round_no, meta, weights, model, evaluation, epsilon)
                 self.results.append(result)
             final = model_payload(meta, weights)
             broadcaster.final(meta.rounds, final)
             stored = self.recorder.store_model(final, final=True)
-            self.recorder.complete(stored.sha256)
+            self.recorder.complete(stored.sha256, stopped)
             run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…")
 
     def _start(self, run: TaskRun) -> tuple[Any, ModelMeta, list[np.ndarray[Any, Any]]]:
         """Round 0: standardisation if asked, then the initial model, broadcast."""
         if dataplane.wants_standardisation(run.task.definition):
-            standardise(run)
+            if privacy.secure(run.task.pom):
+                secure_standardise(run, round_timeout(run))
+            else:
+                standardise(run)
         model, meta = build_initial(run.task, self.options, run.mean, run.std)
         weights = [np.asarray(w) for w in model.get_weights()]
         run.broadcaster.architecture(model_payload(meta, weights))

@@ -30,19 +30,19 @@ class Recorder:
 
     def round(self, round_no: int, *, participants: list[str], model_sha256: str,
               samples: dict[str, int], metrics: dict[str, float], eval_metrics: dict[str, float],
-              duration_s: float) -> None:
+              duration_s: float, epsilon: float | None = None) -> None:
         """Record RoundCompleted (its model stored first)."""
         self.client.record_round(self.name, round_no, participants=participants,
                                  model_sha256=model_sha256, samples=samples, metrics=metrics,
-                                 eval_metrics=eval_metrics, duration_s=round(duration_s, 3))
+                                 eval_metrics=eval_metrics, duration_s=round(duration_s, 3), epsilon=epsilon)
 
     def missed(self, round_no: int, participants: list[str]) -> None:
         """Record who the round now closing goes without."""
         self.client.record_missed(self.name, round_no, participants)
 
-    def complete(self, model_sha256: str) -> None:
-        """Record TaskCompleted with the final model's digest."""
-        self.client.complete_task(self.name, model_sha256)
+    def complete(self, model_sha256: str, reason: str | None = None) -> None:
+        """Record TaskCompleted with the final model's digest (and why, if it ends early)."""
+        self.client.complete_task(self.name, model_sha256, reason)
 
     def fail(self, reason: str) -> None:
         """Record TaskFailed, unless the task already ended."""

@@ -7,6 +7,7 @@ this one strings them together and decides what happens at the deadline.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,13 @@ import numpy as np
 from aggregator.collect import deadline_after
 from aggregator.fold import Refused, fold_update
 from aggregator.run import AggregationFailed, RoundResult, TaskRun
+from aggregator.secure import secure_update
 from ml.data import Dataset
 from ml.keras_model import evaluate
 from ml.payload import model_payload
 from ml.strategies import Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
-from schema import dataplane
+from schema import dataplane, privacy
 from schema.dataplane import ModelMeta
 from schema.definition import TaskDefinition
 
@@ -27,31 +29,58 @@ Weights = list[np.ndarray[Any, Any]]
 
 
 def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, model: Any,
-              evaluation: Dataset | None) -> tuple[Weights, RoundResult]:
+              evaluation: Dataset | None, epsilon: float | None = None) -> tuple[Weights, RoundResult]:
     """Train round `round_no` from `weights`; return the new weights and what was recorded."""
     run.broadcaster.weights(round_no, model_payload(meta, weights))
     started = time.monotonic()
-    average, samples, reports = _collect_and_fold(run, round_no, for_round(run.task.definition, weights))
-    new_weights = average.result()
-    metrics = weighted_metrics(reports)
+    if privacy.secure(run.task.pom):
+        new_weights, who, metrics = secure_update(run, round_no, weights, round_timeout(run))
+        samples: dict[str, int] = {}  # each member's count is inside the masked sum, unknown here
+    else:
+        average, samples, reports = _collect_and_fold(run, round_no, for_round(run.task.definition, weights))
+        new_weights, who, metrics = average.result(), sorted(samples), weighted_metrics(reports)
+    return record_round(run, round_no, meta, new_weights, model, evaluation,
+                        Outcome(who, samples, metrics, started, epsilon))
+
+
+@dataclass
+class Outcome:
+    """What a round's collection produced, for the record."""
+
+    participants: list[str]
+    samples: dict[str, int]
+    metrics: dict[str, float]
+    started: float
+    epsilon: float | None
+
+
+def record_round(run: TaskRun, round_no: int, meta: ModelMeta, new_weights: Weights, model: Any,
+                 evaluation: Dataset | None, outcome: Outcome) -> tuple[Weights, RoundResult]:
+    """Evaluate the new model, store it, record RoundCompleted."""
     eval_metrics: dict[str, float] = {}
     if evaluation is not None:
         model.set_weights(new_weights)
         eval_metrics = evaluate(model, evaluation)
     stored = run.recorder.store_model(model_payload(meta, new_weights), round_no=round_no)
-    duration = time.monotonic() - started
-    who = sorted(samples)
-    run.recorder.round(round_no, participants=who, model_sha256=stored.sha256, samples=samples,
-                       metrics=metrics, eval_metrics=eval_metrics, duration_s=duration)
-    run.progress(round_line(run.task.name, round_no, meta.rounds, metrics, eval_metrics, duration))
-    return new_weights, RoundResult(round_no, who, samples, metrics, eval_metrics, stored.sha256, duration)
+    duration = time.monotonic() - outcome.started
+    run.recorder.round(round_no, participants=outcome.participants, model_sha256=stored.sha256,
+                       samples=outcome.samples, metrics=outcome.metrics, eval_metrics=eval_metrics,
+                       duration_s=duration, epsilon=outcome.epsilon)
+    run.progress(round_line(run.task.name, round_no, meta.rounds, outcome.metrics, eval_metrics, duration))
+    return new_weights, RoundResult(round_no, outcome.participants, outcome.samples, outcome.metrics,
+                                    eval_metrics, stored.sha256, duration)
+
+
+def round_timeout(run: TaskRun) -> float:
+    """How long a round (or each step of a secure one) waits for updates."""
+    return float(run.task.definition.get("round_timeout_s") or run.options.round_timeout_s)
 
 
 def _collect_and_fold(run: TaskRun, round_no: int, average: Strategy
                       ) -> tuple[Strategy, dict[str, int], list[tuple[dict[str, float], int]]]:
     samples: dict[str, int] = {}
     reports: list[tuple[dict[str, float], int]] = []
-    timeout_s = float(run.task.definition.get("round_timeout_s") or run.options.round_timeout_s)
+    timeout_s = round_timeout(run)
     run.gate.new_round()
     updates = run.collector.gather(round_no, dataplane.UPDATE, samples, len(run.participants),
                                    deadline_after(timeout_s))

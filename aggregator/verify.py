@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregator.record import Recorder
-from schema import dataplane
 from schema.dataplane import UpdateMeta
 from streams.codec import ArrayBundle, CodecError, decode_bundle
 from streams.framing import Payload
@@ -76,8 +75,7 @@ class Gate:
         # (and the statistics, once past them) are history, not attacks; skip them quietly.
         if self.resume_point < 0 or payload.task_id != self.task_id:
             return False
-        stats_over = kind != dataplane.STATS and payload.kind == dataplane.STATS
-        return stats_over or (payload.kind == dataplane.UPDATE and payload.round <= self.resume_point)
+        return payload.round <= self.resume_point
 
 
 def envelope_problem(payload: Payload, task_id: str, round_no: int, kind: str,

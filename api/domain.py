@@ -63,6 +63,8 @@ class TaskState:
     model_sha256: str | None = None
     failure_reason: str | None = None
     keys: dict[str, str] = field(default_factory=dict)
+    epsilon: float | None = None
+    completion_reason: str | None = None
 
     @property
     def quorum(self) -> int:
@@ -98,11 +100,12 @@ def _evolve(state: TaskState | None, event: Event, record: RecordedEvent) -> Tas
     if isinstance(event, RoundCompleted):
         members = tuple(replace(m, last_contact_at=record.recorded_at)
                         if m.username in event.participants else m for m in state.members)
-        state = replace(state, rounds_completed=event.round, members=members)
+        state = replace(state, rounds_completed=event.round, members=members,
+                        epsilon=event.epsilon if event.epsilon is not None else state.epsilon)
     elif isinstance(event, TaskStarted):
         state = replace(state, keys=dict(event.keys))
     elif isinstance(event, TaskCompleted):
-        state = replace(state, model_sha256=event.model_sha256)
+        state = replace(state, model_sha256=event.model_sha256, completion_reason=event.reason)
     elif isinstance(event, TaskFailed):
         state = replace(state, failure_reason=event.reason)
     status = _STATUS_AFTER.get(type(event))
@@ -161,6 +164,8 @@ class TaskView(BaseModel):
     failure_reason: str | None = None
     keys: dict[str, str] = Field(default_factory=dict,
                                  description="each member's signing-key fingerprint, as TaskStarted recorded it")
+    epsilon: float | None = Field(default=None, description="differential privacy spent so far (epsilon)")
+    completion_reason: str | None = Field(default=None, description="why the task ended before its last round")
 
     @classmethod
     def of(cls, state: TaskState) -> TaskView:
@@ -179,5 +184,6 @@ class TaskView(BaseModel):
             topics=TopicsView(broadcast=state.broadcast_topic, updates=state.updates_topic),
             version=state.version, created_at=state.created_at, updated_at=state.updated_at,
             rounds_completed=state.rounds_completed, model_sha256=state.model_sha256,
-            failure_reason=state.failure_reason, keys=state.keys,
+            failure_reason=state.failure_reason, keys=state.keys, epsilon=state.epsilon,
+            completion_reason=state.completion_reason,
         )

@@ -100,13 +100,13 @@ def _participant_left(conn: Conn, event: ParticipantLeft, record: RecordedEvent)
 def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -> None:
     conn.execute(
         "INSERT INTO rounds (task_id, round, participants, samples, metrics, eval_metrics,"
-        " model_sha256, duration_s, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " model_sha256, duration_s, recorded_at, epsilon) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (_task_id(record), event.round, Jsonb(event.participants), Jsonb(event.samples),
          Jsonb(event.metrics), Jsonb(event.eval_metrics), event.model_sha256, event.duration_s,
-         record.recorded_at),
+         record.recorded_at, event.epsilon),
     )
-    conn.execute("UPDATE tasks SET rounds_completed = %s WHERE task_id = %s",
-                 (event.round, _task_id(record)))
+    conn.execute("UPDATE tasks SET rounds_completed = %s, epsilon = coalesce(%s, epsilon) WHERE task_id = %s",
+                 (event.round, event.epsilon, _task_id(record)))
     conn.execute("UPDATE memberships SET last_contact_at = %s"
                  " WHERE task_id = %s AND username = ANY(%s)",
                  (record.recorded_at, _task_id(record), event.participants))
@@ -114,8 +114,8 @@ def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -
 
 
 def _task_completed(conn: Conn, event: TaskCompleted, record: RecordedEvent) -> None:
-    conn.execute("UPDATE tasks SET model_sha256 = %s WHERE task_id = %s",
-                 (event.model_sha256, _task_id(record)))
+    conn.execute("UPDATE tasks SET model_sha256 = %s, completion_reason = %s WHERE task_id = %s",
+                 (event.model_sha256, event.reason, _task_id(record)))
     _touch(conn, record, status=TaskStatus.COMPLETED)
 
 

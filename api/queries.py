@@ -124,7 +124,8 @@ def _view(row: dict[str, Any], participants: list[ParticipantView]) -> TaskView:
         topics=TopicsView(broadcast=row["broadcast_topic"], updates=row["updates_topic"]),
         version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
         rounds_completed=row["rounds_completed"], model_sha256=row["model_sha256"],
-        failure_reason=row["failure_reason"], keys=row["keys"],
+        failure_reason=row["failure_reason"], keys=row["keys"], epsilon=row["epsilon"],
+        completion_reason=row["completion_reason"],
     )
 
 
@@ -200,6 +201,7 @@ class RoundView(BaseModel):
     model_sha256: str
     duration_s: float | None
     recorded_at: datetime
+    epsilon: float | None = None
 
 
 class Rounds(BaseModel):

@@ -151,11 +151,12 @@ class TrainingCommands(KeyCommands):
             require_creator(state, ctx.actor, "complete it")
             require_transition(state, TaskStatus.COMPLETED, "complete")
             rounds = int(state.definition["rounds"])
-            if state.rounds_completed != rounds:
+            # Early only with a reason (the privacy budget), and after at least one round.
+            if state.rounds_completed != rounds and not (command.reason and state.rounds_completed > 0):
                 raise Conflict(f"task '{name}' has {state.rounds_completed} of {rounds} rounds")
             if session.artifact_size(state.task_id, command.model_sha256) is None:
                 raise Conflict("upload the final model before completing the task")
-            event = TaskCompleted(model_sha256=command.model_sha256)
+            event = TaskCompleted(model_sha256=command.model_sha256, reason=command.reason)
             return self._append_and_view(session, state, ctx, event)
 
         return self._run(ctx, f"complete:{name}", command.model_dump(), decide)

@@ -215,12 +215,12 @@ class MusketeerClient(KeysApi):
                      model_sha256: str, samples: dict[str, int] | None = None,
                      metrics: dict[str, float] | None = None,
                      eval_metrics: dict[str, float] | None = None,
-                     duration_s: float | None = None,
+                     duration_s: float | None = None, epsilon: float | None = None,
                      idempotency_key: str | None = None) -> Task:
         """Record a completed round (its model must be uploaded first)."""
         body = {"round": round, "participants": participants, "model_sha256": model_sha256,
                 "samples": samples or {}, "metrics": metrics or {},
-                "eval_metrics": eval_metrics or {}, "duration_s": duration_s}
+                "eval_metrics": eval_metrics or {}, "duration_s": duration_s, "epsilon": epsilon}
         return Task.model_validate(
             self._post(_task_path(name, "rounds"), json=body, key=idempotency_key))
 
@@ -258,10 +258,10 @@ class MusketeerClient(KeysApi):
                               code="digest_mismatch")
         return digest, response.content
 
-    def complete_task(self, name: str, model_sha256: str) -> Task:
-        """Record TaskCompleted with the final model's digest."""
-        return Task.model_validate(
-            self._post(_task_path(name, "complete"), json={"model_sha256": model_sha256}))
+    def complete_task(self, name: str, model_sha256: str, reason: str | None = None) -> Task:
+        """Record TaskCompleted with the final model's digest (and why, if before the last round)."""
+        body = {"model_sha256": model_sha256, **({"reason": reason} if reason else {})}
+        return Task.model_validate(self._post(_task_path(name, "complete"), json=body))
 
     def fail_task(self, name: str, reason: str) -> Task:
         """Record TaskFailed with the reason."""

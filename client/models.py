@@ -74,6 +74,8 @@ class Task(_ApiModel):
     model_sha256: str | None = None
     failure_reason: str | None = None
     keys: dict[str, str] = Field(default_factory=dict)
+    epsilon: float | None = None
+    completion_reason: str | None = None
 
     @property
     def rounds(self) -> int | None:
@@ -134,6 +136,7 @@ class Round(_ApiModel):
     model_sha256: str
     duration_s: float | None = None
     recorded_at: datetime | None = None
+    epsilon: float | None = None
 
 
 class StoredModel(_ApiModel):

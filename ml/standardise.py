@@ -53,11 +53,16 @@ def combine(moments: list[Moments]) -> tuple[np.ndarray, np.ndarray]:
     # Chan et al.: each site's spread about its own mean, plus its mean's offset from the global.
     spread = np.sum([m.sums_sq + m.count * np.square(m.sums / m.count - mean) for m in present],
                     axis=0)
-    std = np.sqrt(spread / total)
+    return mean, standard_deviation(mean, spread / total)
+
+
+def standard_deviation(mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """The std to divide by: sqrt(variance), with constant features given 1."""
+    std = np.sqrt(variance)
     # A constant feature has std 0; dividing by it gives NaN/inf. With std 1 it just centres
     # to 0, which carries the (absent) information faithfully.
     constant = std <= _RELATIVE_ZERO * np.maximum(np.abs(mean), 1.0)
-    return mean, np.where(constant, 1.0, std)
+    return np.where(constant, 1.0, std)
 
 
 def apply(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ml.data import Dataset
 from ml.keras_model import compile_model, evaluate, keras, local_state, model_from_json, restore_state
-from ml.prepare import feature_moments, prepare
+from ml.prepare import feature_moments, flat_features, prepare
 from ml.seeds import participant_seed
 from schema.dataplane import ModelMeta, UpdateMeta
 from streams.codec import ArrayBundle, bundle_to_weights, encode_bundle, keras_weights_to_bundle
@@ -29,11 +29,19 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Trained:
-    """One round's update, ready to send, and what to say about it."""
+    """One round's local training: the weights it started from and ended with, and its metrics."""
 
-    payload: bytes
+    global_weights: list[Array]
+    weights: list[Array]
+    samples: int
+    test_samples: int
     metrics: dict[str, float]
     seconds: float
+
+    def payload(self) -> bytes:
+        """The plain update (privacy mode 1): trained weights with the sample count and metrics."""
+        meta = UpdateMeta(samples=self.samples, test_samples=self.test_samples, metrics=self.metrics)
+        return encode_bundle(keras_weights_to_bundle(self.weights, meta.model_dump()))
 
 
 class LocalTraining:
@@ -55,6 +63,10 @@ class LocalTraining:
         bundle = ArrayBundle(arrays={"sums": moments.sums, "sums_sq": moments.sums_sq},
                              meta={"count": moments.count})
         return encode_bundle(bundle)
+
+    def features(self) -> Array:
+        """The local training features, one row per sample (what standardisation summarises)."""
+        return flat_features(self.train_raw)
 
     def set_statistics(self, bundle: ArrayBundle) -> None:
         """Take the global mean and standard deviation the aggregator broadcast."""
@@ -84,15 +96,14 @@ class LocalTraining:
         """Train from the loaded global weights; the update with its sample count and metrics."""
         assert self.meta is not None
         started = time.monotonic()
+        global_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
         keras.utils.set_random_seed(self.seed(round_no))
         restore_state(self._fresh)
         self.model.fit(self.train.x, self.train.y, epochs=self.meta.epochs,
                        batch_size=self.meta.batch_size, verbose=0, shuffle=True)
-        metrics = self.evaluate()
         weights = [np.asarray(w) for w in self.model.get_weights()]
-        meta = UpdateMeta(samples=len(self.train), test_samples=len(self.test), metrics=metrics)
-        payload = encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
-        return Trained(payload, metrics, time.monotonic() - started)
+        return Trained(global_weights, weights, len(self.train), len(self.test), self.evaluate(),
+                       time.monotonic() - started)
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the current model on the local test split (empty without one)."""

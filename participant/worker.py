@@ -19,9 +19,11 @@ from typing import Any
 from client import ClientError, MusketeerClient, Task
 from client.keys import KeyRing
 from ml.data import load_dataset, split_and_sample
+from ml.secagg.encoding import StatsLayout
 from ml.seeds import task_seed
+from participant.secure import SecureInputs
 from participant.training import LocalTraining
-from schema import dataplane
+from schema import dataplane, privacy
 from schema.keys import MemberKey
 from schema.lifecycle import TaskStatus
 from streams.codec import ArrayBundle, CodecError, decode_bundle
@@ -87,6 +89,7 @@ class TaskWorker:
         self.rounds_trained: list[int] = []
         self._sent: _Sent | None = None
         self.training: LocalTraining | None = None
+        self.secure: SecureInputs | None = None
 
     def run(self) -> WorkerResult:
         """Train every round; save and return the final model."""
@@ -94,9 +97,12 @@ class TaskWorker:
         # Signed with the key the task recorded for us; broadcasts believed only from its creator.
         signer = Signer(self.keys.recorded(self.task.keys, self.task.name))
         writer = ResilientWriter(self.broker, on_retry=self.say, signer=signer)
+        if privacy.secure(self.task.pom):
+            self.secure = SecureInputs(self.task.task_id, self.me, self.task.definition, self.task.pom,
+                                       len(self.task.participants),
+                                       lambda kind, r, data: self._send(writer, kind, r, data), self.say)
         if dataplane.wants_standardisation(self.task.definition):
-            self._send(writer, dataplane.STATS, 0, self.training.statistics())
-            self.say(f"sent feature statistics of {len(self.training.train_raw)} samples")
+            self._send_statistics(writer)
         self.verifier = Verifier(self._creator_key())
         with PayloadReader(self.broker, [str(self.task.topics.broadcast)], verifier=self.verifier) as broadcasts:
             self.say("following the aggregator's broadcasts")
@@ -105,6 +111,20 @@ class TaskWorker:
     def say(self, text: str) -> None:
         """Progress, prefixed with the task's name."""
         self.progress(f"{self.task.name}: {text}")
+
+    def _send_statistics(self, writer: ResilientWriter) -> None:
+        assert self.training is not None
+        if self.secure is not None:
+            self.secure.start(0, "mean", self._stats_layout().mean_input(self.training.features()))
+        else:
+            self._send(writer, dataplane.STATS, 0, self.training.statistics())
+        self.say(f"sent feature statistics of {len(self.training.train_raw)} samples")
+
+    def _stats_layout(self) -> StatsLayout:
+        assert self.training is not None
+        definition = self.task.definition
+        cap = definition.get("max_samples", definition.get("training_size")) or 1
+        return StatsLayout(self.training.features().shape[1], int(cap), len(self.task.participants))
 
     def _creator_key(self) -> list[MemberKey]:
         return [k for k in self.client.task_member_keys(self.task.name) if k.username == self.task.creator]
@@ -156,9 +176,15 @@ class TaskWorker:
             self.say(f"ignored an undecodable broadcast ({exc})")
             return None
         kind = payload.kind
-        if kind == dataplane.STANDARDISE:
+        if kind == dataplane.STANDARDISE and bundle.meta.get("phase") == "mean" and self.secure is not None:
+            # Secure standardisation's second sum: squared deviations from the global mean.
+            squares = self._stats_layout().var_input(self.training.features(), bundle.arrays["mean"])
+            self.secure.start(0, "var", squares)
+        elif kind == dataplane.STANDARDISE:
             self.training.set_statistics(bundle)
             self.say("received the global mean and standard deviation")
+        elif kind in dataplane.SECURE_BROADCASTS and self.secure is not None:
+            self.secure.on_broadcast(kind, payload.round, bundle)
         elif kind in (dataplane.ARCHITECTURE, dataplane.WEIGHTS, dataplane.FINAL):
             self.training.load(bundle, dataplane.wants_standardisation(self.task.definition))
             if kind == dataplane.FINAL:
@@ -182,8 +208,11 @@ class TaskWorker:
     def _train_round(self, round_no: int, writer: ResilientWriter) -> None:
         assert self.training is not None
         trained = self.training.train_round(round_no)
-        message_id = self._send(writer, dataplane.UPDATE, round_no, trained.payload)
-        self._sent = _Sent(round_no, trained.payload, message_id)
+        if self.secure is not None:
+            self.secure.start(round_no, "update", self.secure.model_input(trained))
+        else:
+            payload = trained.payload()
+            self._sent = _Sent(round_no, payload, self._send(writer, dataplane.UPDATE, round_no, payload))
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
         self.say(f"round {round_no}: trained in {trained.seconds:.1f} s; local test {shown}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from schema import privacy
 from schema.definition import MAX_ROUNDS, TaskDefinition, check_storable_text
 from schema.keys import decode_public_key
 
@@ -57,6 +58,11 @@ class CreateTask(BaseModel):
         check_storable_text(value, "description")
         return value
 
+    @model_validator(mode="after")
+    def _privacy_mode_is_implemented(self) -> CreateTask:
+        privacy.check(self.pom, self.definition)
+        return self
+
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Field(description="hex sha256")]
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -75,6 +81,8 @@ class RecordRound(BaseModel):
     eval_metrics: dict[MetricName, FiniteFloat] = Field(default_factory=dict, max_length=50)
     model_sha256: Sha256
     duration_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    epsilon: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                  description="differential privacy spent so far, after this round")
 
 
 class RecordRejection(BaseModel):
@@ -94,6 +102,8 @@ class CompleteTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_sha256: Sha256
+    reason: str | None = Field(default=None, min_length=1, max_length=2000,
+                               description="why it ends before its last round (the privacy budget)")
 
 
 class FailTask(BaseModel):

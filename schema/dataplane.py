@@ -8,7 +8,20 @@ Broadcast topic (aggregator → every participant, written once, read by all):
   `stop` any round        the task failed or was stopped; meta {"reason"}
 Updates topic (participant → aggregator, keyed by participant):
   `stats` round 0         per-feature "sums", "sums_sq" arrays and meta {"count"}
-  `update` round r        trained weights, meta {"samples", "metrics", "test_samples"}
+  `update` round r        trained weights, meta {"samples", "metrics", "test_samples"};
+                          with secure aggregation, the masked input (array "masked") instead
+
+Secure aggregation (privacy modes 2 and 3, ml.secagg), per round and instance (meta "instance":
+"update" for a model round; "mean" then "var" for standardisation in round 0):
+  `advertise` (participant)  meta {"instance", "keys"}: this round's public keys
+  `roster` (aggregator)      meta {"instance", "roster", "threshold"}: who advertised, their keys
+  `shares` (participant)     meta {"instance", "shares"}: encrypted shares, one per other member
+  `share-list` (aggregator)  meta {"instance", "shares"}: every member's encrypted shares
+  `update` (participant)     the masked input, array "masked" (uint64), meta {"instance"}
+  `unmask` (aggregator)      meta {"instance", "survivors", "dropped"}
+  `reveal` (participant)     meta {"instance", "b", "s"}: the shares the aggregator needs
+  `standardise` (aggregator) with meta {"phase": "mean"} and array "mean" only: the global mean,
+                             before the squared deviations are summed
 
 Payloads are `streams.codec` bundles (arrays plus a JSON manifest): data, never code.
 """
@@ -26,9 +39,16 @@ FINAL = "final"
 STOP = "stop"
 STATS = "stats"
 UPDATE = "update"
+ADVERTISE = "advertise"
+ROSTER = "roster"
+SHARES = "shares"
+SHARE_LIST = "share-list"
+UNMASK = "unmask"
+REVEAL = "reveal"
 
-BROADCAST_KINDS = frozenset({STANDARDISE, ARCHITECTURE, WEIGHTS, FINAL, STOP})
-UPDATE_KINDS = frozenset({STATS, UPDATE})
+BROADCAST_KINDS = frozenset({STANDARDISE, ARCHITECTURE, WEIGHTS, FINAL, STOP, ROSTER, SHARE_LIST, UNMASK})
+UPDATE_KINDS = frozenset({STATS, UPDATE, ADVERTISE, SHARES, REVEAL})
+SECURE_BROADCASTS = frozenset({ROSTER, SHARE_LIST, UNMASK})
 
 
 class ModelMeta(BaseModel):

@@ -75,6 +75,20 @@ class TaskDefinition(BaseModel):
     clip_norm: float | None = Field(
         default=None, gt=0, le=1e12, allow_inf_nan=False,
         description="each update's difference from the global model is clipped to this L2 norm")
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, le=1000, allow_inf_nan=False,
+        description="differential privacy: noise stddev on the round's sum, in units of clip_norm")
+    delta: float | None = Field(
+        default=None, gt=0, lt=1, description="differential privacy: the delta of (epsilon, delta) (1e-5)")
+    target_epsilon: float | None = Field(
+        default=None, gt=0, le=1000, allow_inf_nan=False,
+        description="differential privacy: stop early, before a round would spend more than this")
+    secagg_threshold: int | None = Field(
+        default=None, ge=2, le=MAX_PARTICIPANTS,
+        description="secure aggregation: members needed at each step (default: a majority)")
+    secagg_bound: float | None = Field(
+        default=None, gt=0, le=1e6, allow_inf_nan=False,
+        description="secure aggregation: per-coordinate bound on an update's change (100)")
 
     @model_validator(mode="before")
     @classmethod

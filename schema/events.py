@@ -105,6 +105,7 @@ class RoundCompleted(Event):
     eval_metrics: dict[str, float] = Field(default_factory=dict)
     model_sha256: str
     duration_s: float | None = None
+    epsilon: float | None = None
 
 
 class ParticipantMissedRound(Event):
@@ -124,9 +125,10 @@ class UpdateRejected(Event):
 
 
 class TaskCompleted(Event):
-    """Training finished; the final model has this digest."""
+    """Training finished; the final model has this digest (and, if it ended early, why)."""
 
     model_sha256: str | None = None
+    reason: str | None = None
 
 
 class TaskFailed(Event):

@@ -53,4 +53,10 @@ def for_round(definition: dict[str, Any], global_weights: Sequence[Array]) -> St
     else:
         raise ValueError(f"unknown aggregation {rule!r}")
     clip_norm = definition.get("clip_norm")
+    if definition.get("noise_multiplier"):
+        # Central differential privacy: clipped, unweighted, noised. Imported here: its accountant
+        # loads scipy, which only tasks with noise should pay for.
+        from ml.secagg.dp import NoisySum
+
+        return NoisySum(global_weights, float(clip_norm or 0), float(definition["noise_multiplier"]))
     return Clipped(strategy, global_weights, float(clip_norm)) if clip_norm else strategy
