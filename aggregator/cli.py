@@ -22,6 +22,8 @@ def aggregate(
         help="Held-out data to evaluate each round's model on: digits, mnist[:PATH], "
              "welding, npz:FILE, csv:FILE.")] = None,
     eval_data_dir: Annotated[str | None, typer.Option(help="Folder the eval data lives in.")] = None,
+    eval_label_column: Annotated[str | None, typer.Option(
+        help="Label column of --eval-data csv:FILE.")] = None,
     eval_shard: Annotated[str | None, typer.Option(
         help="Use only part i/n of the eval data (e.g. 4/4 when participants use 1/4..3/4).")] = None,
     eval_seed: Annotated[int, typer.Option(
@@ -38,7 +40,8 @@ def aggregate(
     from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
 
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,
-                                eval_shard=eval_shard, model_file=model, seed=eval_seed,
+                                eval_shard=eval_shard, eval_label_column=eval_label_column,
+                                model_file=model, seed=eval_seed,
                                 round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout)
     try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.

@@ -23,6 +23,7 @@ from aggregator.standardise import standardise
 from aggregator.verify import Gate
 from client import MusketeerClient, Task
 from client.profile import Profile
+from ml.export import exported_model, keras_file_bytes
 from ml.payload import model_payload
 from schema import dataplane
 from schema.dataplane import ModelMeta
@@ -79,16 +80,19 @@ class Aggregator:
             gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
-            model, meta, weights = self._restore(run) if done > 0 else self._start(run)
-            evaluation = evaluation_data(self.options, meta, run.mean, run.std)
+            _, meta, weights = self._restore(run) if done > 0 else self._start(run)
+            evaluation = evaluation_data(self.options, meta)
             for round_no in range(done + 1, meta.rounds + 1):
-                weights, result = run_round(run, round_no, meta, weights, model, evaluation)
+                weights, result = run_round(run, round_no, meta, weights, evaluation)
                 self.results.append(result)
             final = model_payload(meta, weights)
             broadcaster.final(meta.rounds, final)
             stored = self.recorder.store_model(final, final=True)
-            self.recorder.complete(stored.sha256)
-            run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…")
+            # The model users take away: a .keras file with the standardisation inside.
+            exported = self.recorder.store_model(keras_file_bytes(exported_model(meta, weights)), final=True)
+            self.recorder.complete(stored.sha256, keras_sha256=exported.sha256)
+            run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…, "
+                    f".keras sha256 {exported.sha256[:12]}…")
 
     def _start(self, run: TaskRun) -> tuple[Any, ModelMeta, list[np.ndarray[Any, Any]]]:
         """Round 0: standardisation if asked, then the initial model, broadcast."""

@@ -40,9 +40,9 @@ class Recorder:
         """Record who the round now closing goes without."""
         self.client.record_missed(self.name, round_no, participants)
 
-    def complete(self, model_sha256: str) -> None:
-        """Record TaskCompleted with the final model's digest."""
-        self.client.complete_task(self.name, model_sha256)
+    def complete(self, model_sha256: str, keras_sha256: str | None = None) -> None:
+        """Record TaskCompleted with the final model's digest (and its `.keras` export's)."""
+        self.client.complete_task(self.name, model_sha256, keras_sha256=keras_sha256)
 
     def fail(self, reason: str) -> None:
         """Record TaskFailed, unless the task already ended."""

@@ -13,9 +13,8 @@ import numpy as np
 
 from aggregator.collect import deadline_after
 from aggregator.fold import Refused, fold_update
+from aggregator.model import Evaluation
 from aggregator.run import AggregationFailed, RoundResult, TaskRun
-from ml.data import Dataset
-from ml.keras_model import evaluate
 from ml.payload import model_payload
 from ml.strategies import Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
@@ -25,18 +24,16 @@ from schema.dataplane import ModelMeta
 Weights = list[np.ndarray[Any, Any]]
 
 
-def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, model: Any,
-              evaluation: Dataset | None) -> tuple[Weights, RoundResult]:
+def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights,
+              evaluation: Evaluation | None) -> tuple[Weights, RoundResult]:
     """Train round `round_no` from `weights`; return the new weights and what was recorded."""
     run.broadcaster.weights(round_no, model_payload(meta, weights))
     started = time.monotonic()
     average, samples, reports = _collect_and_fold(run, round_no, for_round(run.task.definition, weights))
     new_weights = average.result()
     metrics = weighted_metrics(reports)
-    eval_metrics: dict[str, float] = {}
-    if evaluation is not None:
-        model.set_weights(new_weights)
-        eval_metrics = evaluate(model, evaluation)
+    # The exported model (what a user downloads) is what gets scored.
+    eval_metrics = evaluation.score(new_weights) if evaluation is not None else {}
     stored = run.recorder.store_model(model_payload(meta, new_weights), round_no=round_no)
     duration = time.monotonic() - started
     who = sorted(samples)

@@ -61,6 +61,7 @@ class TaskState:
     members: tuple[Member, ...] = field(default_factory=tuple)
     rounds_completed: int = 0
     model_sha256: str | None = None
+    keras_sha256: str | None = None
     failure_reason: str | None = None
 
     @property
@@ -99,7 +100,7 @@ def _evolve(state: TaskState | None, event: Event, record: RecordedEvent) -> Tas
                         if m.username in event.participants else m for m in state.members)
         state = replace(state, rounds_completed=event.round, members=members)
     elif isinstance(event, TaskCompleted):
-        state = replace(state, model_sha256=event.model_sha256)
+        state = replace(state, model_sha256=event.model_sha256, keras_sha256=event.keras_sha256)
     elif isinstance(event, TaskFailed):
         state = replace(state, failure_reason=event.reason)
     status = _STATUS_AFTER.get(type(event))
@@ -155,6 +156,7 @@ class TaskView(BaseModel):
     updated_at: datetime
     rounds_completed: int = 0
     model_sha256: str | None = None
+    keras_sha256: str | None = None
     failure_reason: str | None = None
 
     @classmethod
@@ -174,5 +176,5 @@ class TaskView(BaseModel):
             topics=TopicsView(broadcast=state.broadcast_topic, updates=state.updates_topic),
             version=state.version, created_at=state.created_at, updated_at=state.updated_at,
             rounds_completed=state.rounds_completed, model_sha256=state.model_sha256,
-            failure_reason=state.failure_reason,
+            keras_sha256=state.keras_sha256, failure_reason=state.failure_reason,
         )

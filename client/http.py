@@ -245,9 +245,16 @@ class MusketeerClient:
                              headers={"Content-Type": "application/octet-stream"})
         return StoredModel.model_validate(body)
 
-    def download_model(self, name: str, sha256: str | None = None) -> tuple[str, bytes]:
-        """The task's final model (or the artifact `sha256`): (digest, bytes), digest checked."""
-        params = {"sha256": sha256} if sha256 else None
+    def download_model(self, name: str, sha256: str | None = None,
+                       format: str = "bundle") -> tuple[str, bytes]:
+        """The task's final model (or the artifact `sha256`): (digest, bytes), digest checked.
+
+        `format="keras"` gives the `.keras` file users take away (standardisation inside);
+        the default is the platform's own bundle, as the data plane carries it.
+        """
+        params: dict[str, str] = {"sha256": sha256} if sha256 else {}
+        if format != "bundle":
+            params["format"] = format
         response = self._send("GET", _task_path(name, "model"), params=params)
         if response.status_code >= 400:
             raise error_from_response(response)
@@ -257,10 +264,12 @@ class MusketeerClient:
                               code="digest_mismatch")
         return digest, response.content
 
-    def complete_task(self, name: str, model_sha256: str) -> Task:
-        """Record TaskCompleted with the final model's digest."""
-        return Task.model_validate(
-            self._post(_task_path(name, "complete"), json={"model_sha256": model_sha256}))
+    def complete_task(self, name: str, model_sha256: str, *, keras_sha256: str | None = None) -> Task:
+        """Record TaskCompleted with the final model's digest (and its `.keras` export's)."""
+        body: dict[str, Any] = {"model_sha256": model_sha256}
+        if keras_sha256 is not None:
+            body["keras_sha256"] = keras_sha256
+        return Task.model_validate(self._post(_task_path(name, "complete"), json=body))
 
     def fail_task(self, name: str, reason: str) -> Task:
         """Record TaskFailed with the reason."""

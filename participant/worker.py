@@ -188,7 +188,7 @@ class TaskWorker:
         folder = self.output / self.task.name
         folder.mkdir(parents=True, exist_ok=True)
         model_path = folder / "model.keras"
-        self.training.model.save(model_path)
+        self.training.exported().save(model_path)
         (folder / "model.bundle").write_bytes(data)
         metrics = self.training.evaluate()
         report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":

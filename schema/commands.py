@@ -93,6 +93,8 @@ class CompleteTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_sha256: Sha256
+    keras_sha256: Sha256 | None = Field(
+        default=None, description="digest of the final model's .keras export (already uploaded)")
 
 
 class FailTask(BaseModel):

@@ -98,9 +98,10 @@ class UpdateRejected(Event):
 
 
 class TaskCompleted(Event):
-    """Training finished; the final model has this digest."""
+    """Training finished; the final model has this digest (and its .keras export that one)."""
 
     model_sha256: str | None = None
+    keras_sha256: str | None = None
 
 
 class TaskFailed(Event):
