@@ -15,6 +15,7 @@ from aggregator.collect import deadline_after
 from aggregator.fold import Refused, fold_update
 from aggregator.model import Evaluation
 from aggregator.run import AggregationFailed, RoundResult, TaskRun
+from client.daemonlog import log_round
 from ml.payload import model_payload
 from ml.strategies import Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
@@ -39,7 +40,10 @@ def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights,
     who = sorted(samples)
     run.recorder.round(round_no, participants=who, model_sha256=stored.sha256, samples=samples,
                        metrics=metrics, eval_metrics=eval_metrics, duration_s=duration)
-    run.progress(round_line(run.task.name, round_no, meta.rounds, metrics, eval_metrics, duration))
+    log_round(run.progress, round_line(run.task.name, round_no, meta.rounds, metrics, eval_metrics, duration),
+              task=run.task.name, round=round_no, rounds=meta.rounds, participants=who,
+              metrics=metrics, eval_metrics=eval_metrics, duration_s=round(duration, 3),
+              model_sha256=stored.sha256)
     return new_weights, RoundResult(round_no, who, samples, metrics, eval_metrics, stored.sha256, duration)
 
 

@@ -247,14 +247,9 @@ class MusketeerClient:
 
     def download_model(self, name: str, sha256: str | None = None,
                        format: str = "bundle") -> tuple[str, bytes]:
-        """The task's final model (or the artifact `sha256`): (digest, bytes), digest checked.
-
-        `format="keras"` gives the `.keras` file users take away (standardisation inside);
-        the default is the platform's own bundle, as the data plane carries it.
-        """
-        params: dict[str, str] = {"sha256": sha256} if sha256 else {}
-        if format != "bundle":
-            params["format"] = format
+        """The final model (or artifact `sha256`) as (digest, bytes), digest checked; `format`
+        "keras" is the .keras file users take away, "bundle" the data plane's format."""
+        params = {"sha256": sha256} if sha256 else {"format": format}
         response = self._send("GET", _task_path(name, "model"), params=params)
         if response.status_code >= 400:
             raise error_from_response(response)
@@ -266,9 +261,7 @@ class MusketeerClient:
 
     def complete_task(self, name: str, model_sha256: str, *, keras_sha256: str | None = None) -> Task:
         """Record TaskCompleted with the final model's digest (and its `.keras` export's)."""
-        body: dict[str, Any] = {"model_sha256": model_sha256}
-        if keras_sha256 is not None:
-            body["keras_sha256"] = keras_sha256
+        body = {"model_sha256": model_sha256, **({"keras_sha256": keras_sha256} if keras_sha256 else {})}
         return Task.model_validate(self._post(_task_path(name, "complete"), json=body))
 
     def fail_task(self, name: str, reason: str) -> Task:

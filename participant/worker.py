@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client import ClientError, MusketeerClient, Task
+from client.daemonlog import log_round
 from ml.data import load_dataset, split_and_sample
 from ml.seeds import task_seed
 from participant.training import LocalTraining
@@ -172,7 +173,9 @@ class TaskWorker:
         self._sent = _Sent(round_no, trained.payload, message_id)
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
-        self.say(f"round {round_no}: trained in {trained.seconds:.1f} s; local test {shown}")
+        log_round(self.progress, f"{self.task.name}: round {round_no}: trained in {trained.seconds:.1f} s; "
+                  f"local test {shown}", task=self.task.name, round=round_no, participant=self.me,
+                  metrics=trained.metrics, duration_s=round(trained.seconds, 3))
 
     def _send(self, writer: ResilientWriter, kind: str, round_no: int, payload: bytes,
               message_id: str | None = None) -> str:
