@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+
 import httpx
 import pytest
 
@@ -111,7 +112,7 @@ def test_forms_without_the_csrf_token_are_refused(api: ApiProcess) -> None:
 @pytest.mark.integration
 def test_a_bad_field_is_shown_beside_it_and_nothing_is_created(api: ApiProcess) -> None:
     """Quorum 0: 422, the message beside the quorum field, the values kept, no task stored."""
-    web, name = sign_up(api, "form")
+    web, _name = sign_up(api, "form")
     task = unique("t")
     page = web.post("/new-task", data={"name": task, "quorum": "0", "rounds": "3",
                                        "csrf_token": csrf_of(web.get("/new-task").text)})
