@@ -42,6 +42,8 @@ def _field_errors(error: ValidationError, prefix: tuple[str, ...] = ()) -> dict[
         inner = loc[len(prefix):] if loc[:len(prefix)] == prefix else loc
         name = inner[0] if inner else "_form"
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if item.get("type") == "string_pattern_mismatch":
+            message = "use only letters, digits, “.”, “_” and “-” (no spaces)"
         found.setdefault(name, message)
     return found
 
