@@ -64,9 +64,11 @@ def shoot_everything(browser: object, story: Story) -> None:
         story.stop_daemons()
     page.goto(f"{story.api.url}/tasks/{story.task}")
     story.shoot(page, "task-completed")
+    more_tasks(story)
     page.goto(f"{story.api.url}/tasks")
     story.shoot(page, "tasks")
     page.goto(f"{story.api.url}/models")
+    page.click("summary")  # open the lineage
     story.shoot(page, "models")
     page.goto(f"{story.api.url}/new-task")
     page.fill("#name", "bad name")
@@ -77,6 +79,19 @@ def shoot_everything(browser: object, story: Story) -> None:
     log_in(phone, story.api.url, story.alice, PASSWORD)
     phone.goto(f"{story.api.url}/tasks/{story.task}")
     story.shoot(phone, "task-completed-390px")
+
+
+def more_tasks(story: Story) -> None:
+    """A few more tasks, so the list shows several states and privacy modes."""
+    from client import MusketeerClient
+
+    alice = MusketeerClient(story.api.url)
+    alice.login(story.alice, PASSWORD)
+    alice.create_task(f"welding-{story.task[-6:]}", {"quorum": 2, "rounds": 10, "model": "welding-mlp",
+                      "standardise": True}, pom=1, description="Spot-weld quality, robots FPS2 and FPD2")
+    alice.create_task(f"mnist-{story.task[-6:]}", {"quorum": 3, "rounds": 20, "model": "mnist-cnn"},
+                      pom=2, description="The seed's CNN on MNIST")
+    alice.delete_task(f"mnist-{story.task[-6:]}")
 
 
 if __name__ == "__main__":
