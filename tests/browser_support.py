@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import Error as PlaywrightError
+
 from client import MusketeerClient
 from infra.daemons import daemon_environment, spawn_musketeer
 from tests.conftest import ApiProcess, unique
@@ -131,11 +133,14 @@ class Story:
         seen: list[tuple[str, int]] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            status = page.get_attribute("[data-testid=live]", "data-status")
-            now = (str(status), page.locator("[data-testid=round-row]").count())
+            try:
+                status = page.get_attribute("[data-testid=live]", "data-status", timeout=10_000)
+                now = (str(status), page.locator("[data-testid=round-row]").count())
+            except PlaywrightError:  # the page reloads itself when the task's status changes
+                continue
             if not seen or seen[-1] != now:
                 seen.append(now)
-                if now[0] == "STARTED" and now[1] >= 2:
+                if now[0] == "STARTED" and 2 <= now[1] < ROUNDS:
                     self.shoot(page, "task-running")
             if now[0] in ("COMPLETED", "FAILED"):
                 return seen

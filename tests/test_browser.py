@@ -65,6 +65,9 @@ def test_the_seed_story_in_the_browser(desktop: Any, chromium: Any, api: ApiProc
         story.stop_daemons()
     print(f"\nwhat the open page showed (status, rounds): {seen}")
     assert seen[-1] == ("COMPLETED", ROUNDS)
+    # The status change reloaded the whole page: header, buttons and history agree with it.
+    desktop.wait_for_selector("[data-testid=task-status]:has-text('COMPLETED')")
+    assert desktop.locator("[data-testid=action-delete]").count() == 0
     assert any(status == "STARTED" and 0 < rows < ROUNDS for status, rows in seen), \
         "the page should have shown rounds arriving while the task ran"
     assert desktop.locator("[data-testid=chart] polyline").count() >= 3

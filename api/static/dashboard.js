@@ -15,9 +15,19 @@
         return response.text();
       })
       .then(function (html) {
-        section.innerHTML = html;
-        var live = section.querySelector("[data-status]");
+        var holder = document.createElement("div");
+        holder.innerHTML = html;
+        var live = holder.querySelector("[data-status]");
         var status = live ? live.getAttribute("data-status") : "";
+        var members = live ? live.getAttribute("data-members") : "";
+        // A new status or a new member changes the whole page (buttons, participants,
+        // history): load it again. Rounds only change this section: swap it in place.
+        if (status !== section.getAttribute("data-status") ||
+            members !== section.getAttribute("data-members")) {
+          window.location.replace(window.location.pathname);
+          return;
+        }
+        section.innerHTML = html;
         if (ended.indexOf(status) === -1) { window.setTimeout(refresh, 2000); }
       })
       .catch(function () { window.setTimeout(refresh, 5000); });  // API restarting: try again
