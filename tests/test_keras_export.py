@@ -84,7 +84,8 @@ def test_a_downloaded_keras_model_scores_on_raw_features_what_the_aggregator_rep
 ) -> None:
     """A user's own .keras model, unscaled CSV data and "standardise": true: the file that
     `musketeer models download` saves scores on raw held-out features exactly what the
-    aggregator recorded, and each participant's report scores the same exported model."""
+    aggregator recorded (and logged, one JSON line per round), and each participant's report
+    scores the same exported model."""
     from ml.keras_model import keras
 
     alice, site_a, site_b = member(api, "alice"), member(api, "sitea"), member(api, "siteb")
@@ -103,7 +104,8 @@ def test_a_downloaded_keras_model_scores_on_raw_features_what_the_aggregator_rep
     logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", "a", "b")}
     processes = {"aggregator": spawn(
         ["aggregate", name, "--model", str(tmp_path / "mine.keras"), "--eval-data",
-         f"csv:{tmp_path / 'eval.csv'}", "--eval-label-column", "label", "--round-timeout", "300"],
+         f"csv:{tmp_path / 'eval.csv'}", "--eval-label-column", "label", "--round-timeout", "300",
+         "--log-format", "json"],
         daemon_env(api, alice, broker.bootstrap, topic_prefix), logs["aggregator"])}
     for who, site in (("a", site_a), ("b", site_b)):
         processes[who] = spawn(
@@ -112,6 +114,11 @@ def test_a_downloaded_keras_model_scores_on_raw_features_what_the_aggregator_rep
             daemon_env(api, site, broker.bootstrap, topic_prefix), logs[who])
     wait_all(processes, logs, timeout_s=400)
     reported = alice.client.rounds(name)[-1].eval_metrics["accuracy"]
+    # --log-format json: one object per line, one per round, carrying the recorded numbers.
+    lines = [json.loads(line) for line in logs["aggregator"].read_text().splitlines() if line.startswith("{")]
+    rounds = [line for line in lines if line.get("event") == "round"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert rounds[-1]["eval_metrics"]["accuracy"] == reported
 
     target = tmp_path / "model.keras"
     env = daemon_env(api, alice, broker.bootstrap, topic_prefix)
