@@ -177,15 +177,19 @@ def log_in(page: Any, base_url: str, username: str, password: str, by_keyboard: 
     """Fill the login form (typing and tabbing like a keyboard user, if asked) and submit."""
     page.goto(f"{base_url}/login")
     if by_keyboard:
-        page.keyboard.type(username)  # the username field has the focus on arrival
+        # The username field takes the focus on arrival (autofocus); under load that can land
+        # a moment after the load event, so wait for it rather than type into nothing.
+        page.wait_for_function("document.activeElement && document.activeElement.id === 'username'")
+        page.keyboard.type(username)
         page.keyboard.press("Tab")
         page.keyboard.type(password)
-        page.keyboard.press("Enter")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
     else:
         page.fill("#username", username)
         page.fill("#password", password)
-        page.click("button:has-text('Log in')")
-    page.wait_for_load_state()
+        with page.expect_navigation():
+            page.click("button:has-text('Log in')")
 
 
 def no_horizontal_scroll(page: Any) -> bool:

@@ -172,3 +172,14 @@ def test_the_task_list_filters_and_pages(api: ApiProcess) -> None:
     assert "No task matches" in web.get("/tasks", params={"search": stem, "pom": "3"}).text
 
 
+
+
+@pytest.mark.integration
+def test_a_signed_in_user_can_sign_in_as_someone_else(api: ApiProcess) -> None:
+    """The login form of a signed-in browser carries its session's CSRF token and is accepted."""
+    web, _ = sign_up(api, "first")
+    other = member(api, "second")
+    token = csrf_of(web.get("/login").text)
+    response = web.post("/login", data={"username": other.name, "password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 303
+    assert f'data-testid="signed-in-as">{other.name}<' in web.get("/tasks").text

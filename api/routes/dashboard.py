@@ -62,7 +62,7 @@ def login(request: Request, services: ServicesDep, csrf: CsrfField, username: An
     """Check the password, start a cookie session, go where the user was heading."""
     target = session.safe_next(next)
     try:
-        session.check_csrf(request, csrf, signed_in=False)
+        session.check_csrf(request, csrf)
         token = services.accounts.login(username[:64], password[:1024])
     except MusketeerError as error:
         status = 401 if isinstance(error, NotAuthenticated) else 403
@@ -87,7 +87,7 @@ def register(request: Request, services: ServicesDep, csrf: CsrfField,
     form = forms.registration_form({"username": username, "password": password,
                                     "organization": organization})
     try:
-        session.check_csrf(request, csrf, signed_in=False)
+        session.check_csrf(request, csrf)
         if form.command is not None:
             services.commands.register_user(form.command, Context("anonymous", request.state.request_id))
     except MusketeerError as error:
@@ -107,7 +107,7 @@ def logout(request: Request, services: ServicesDep, csrf: CsrfField) -> Response
     token = session.session_token(request)
     if token:
         try:
-            session.check_csrf(request, csrf, signed_in=True)
+            session.check_csrf(request, csrf)
         except Forbidden as error:
             return error_page(request, error, viewer(request))
         services.accounts.revoke(token)
@@ -160,7 +160,7 @@ async def create_task(request: Request, services: ServicesDep) -> Response:
         return to_login(request)
     raw = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     try:
-        session.check_csrf(request, raw.get(session.CSRF_FIELD), signed_in=True)
+        session.check_csrf(request, raw.get(session.CSRF_FIELD))
     except Forbidden as error:
         return error_page(request, error, user)
     form = forms.task_form(raw)
@@ -217,7 +217,7 @@ def task_action(request: Request, name: str, action: str, services: ServicesDep,
         return error_page(request, NotFound(f"no action {action!r} on a task"), user)
     command, notice = commands[action]
     try:
-        session.check_csrf(request, csrf, signed_in=True)
+        session.check_csrf(request, csrf)
         command(name, _context(request, user))
     except MusketeerError as error:
         return error_page(request, error, user)

@@ -55,13 +55,10 @@ def ensure_anonymous_csrf(request: Request, response: Response) -> None:
                             secure=_secure(request), path="/")
 
 
-def check_csrf(request: Request, submitted: str | None, *, signed_in: bool) -> None:
-    """Refuse a form whose CSRF token is missing or not this browser's."""
-    if signed_in:
-        token = session_token(request)
-        expected = csrf_for_session(token) if token else ""
-    else:
-        expected = request.cookies.get(ANONYMOUS_CSRF_COOKIE, "")
+def check_csrf(request: Request, submitted: str | None) -> None:
+    """Refuse a form whose CSRF token is missing or not this browser's (the one its pages carry)."""
+    token = session_token(request)
+    expected = csrf_for_session(token) if token else request.cookies.get(ANONYMOUS_CSRF_COOKIE, "")
     if not expected or not submitted or not hmac.compare_digest(expected, submitted):
         raise Forbidden("the form's security token is missing or stale; reload the page and try again")
 
