@@ -51,6 +51,11 @@ def rejection_kind(reason: str) -> str:
     return "other"
 
 
+def rejection_kinds() -> list[str]:
+    """Every label `rejection_kind` can give."""
+    return [kind for kind, _ in _REJECTION_KINDS] + ["other"]
+
+
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
 
@@ -71,6 +76,8 @@ class Metrics:
                               registry=self.registry)
         self.rejections = Counter("musketeer_updates_rejected", "Updates refused, by reason",
                                   ["reason"], registry=self.registry)
+        for kind in rejection_kinds():  # every label present from the start, at 0
+            self.rejections.labels(kind)
         if connection is not None:
             self.registry.register(PlatformGauges(connection))
 

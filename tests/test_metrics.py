@@ -80,3 +80,21 @@ def test_metrics_count_requests_commands_events_and_tasks(api: ApiProcess) -> No
                 status="2xx") == 1
     assert sample(after, "musketeer_active_tasks", status="CREATED") >= 1
     assert "musketeer_relay_lag_events" in after and "musketeer_rounds_completed_total" in after
+
+
+@pytest.mark.integration
+def test_rejected_updates_are_counted_by_reason(api: ApiProcess) -> None:
+    """An UpdateRejected recorded by the aggregator shows under its reason's label."""
+    alice, bob = member(api, "metrics"), member(api, "bob")
+    name = unique("t")
+    alice.client.create_task(name, {"quorum": 1, "rounds": 1})
+    bob.client.join(name)
+    alice.client.start_task(name)
+    before = httpx.get(f"{api.url}/metrics", timeout=10).text
+    assert 'musketeer_updates_rejected_total{reason="duplicate"}' in before  # present at 0
+    alice.client.reject_update(name, 1, bob.name, f"duplicate update from {bob.name} for round 1")
+    after = httpx.get(f"{api.url}/metrics", timeout=10).text
+    grew = (sample(after, "musketeer_updates_rejected_total", reason="duplicate")
+            - sample(before, "musketeer_updates_rejected_total", reason="duplicate"))
+    assert grew == 1
+    assert sample(after, "musketeer_active_tasks", status="STARTED") >= 1
