@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv demo lint test test-fast bench clean
+.PHONY: venv demo lint test test-fast bench screenshots clean
 
 # (Re)create the virtualenv and install the project with what the demo and tests need.
 $(STAMP): pyproject.toml
@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(PY) bench/api_bench.py
 	$(PY) bench/round_bench.py
 	$(PY) bench/faults.py
+
+# A screenshot of every dashboard page (docs/screenshots/), from a real run in Debian's Chromium.
+screenshots: $(STAMP)
+	$(PY) docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) .musketeer

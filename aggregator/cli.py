@@ -8,6 +8,7 @@ import typer
 
 from client import ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
+from client.daemonlog import LOG_FORMATS, DaemonLog
 from client.profile import Profile
 
 
@@ -22,6 +23,8 @@ def aggregate(
         help="Held-out data to evaluate each round's model on: digits, mnist[:PATH], "
              "welding, npz:FILE, csv:FILE.")] = None,
     eval_data_dir: Annotated[str | None, typer.Option(help="Folder the eval data lives in.")] = None,
+    eval_label_column: Annotated[str | None, typer.Option(
+        help="Label column of --eval-data csv:FILE.")] = None,
     eval_shard: Annotated[str | None, typer.Option(
         help="Use only part i/n of the eval data (e.g. 4/4 when participants use 1/4..3/4).")] = None,
     eval_seed: Annotated[int, typer.Option(
@@ -33,18 +36,26 @@ def aggregate(
     quorum_timeout: Annotated[float | None, typer.Option(
         help="Seconds to wait for the quorum (default: forever).")] = None,
     api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
+    log_format: Annotated[str, typer.Option(
+        help="text: readable lines; json: one JSON object per line (one per round, with its "
+             "numbers), for log shippers.")] = "text",
 ) -> None:
     """Wait for the quorum, then run every round of TASK: broadcast, FedAvg, evaluate, record."""
     from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
 
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,
-                                eval_shard=eval_shard, model_file=model, seed=eval_seed,
+                                eval_shard=eval_shard, eval_label_column=eval_label_column,
+                                model_file=model, seed=eval_seed,
                                 round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout)
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}",
+                                 param_hint="--log-format")
+    progress = DaemonLog("aggregator", "json" if log_format == "json" else "text", show.out().print)
     try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
-                                              on_wait=show.out().print)
-        Aggregator(client, Profile.load(), task, options, progress=show.out().print).run()
+                                              on_wait=progress)
+        Aggregator(client, Profile.load(), task, options, progress=progress).run()
     except ClientError as exc:
         show.print_client_error(exc)
         raise typer.Exit(1) from None

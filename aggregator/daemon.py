@@ -26,6 +26,7 @@ from client import MusketeerClient, Task
 from client.keys import KeyRing, fingerprint_of
 from client.keys_api import ensure_registered
 from client.profile import Profile
+from ml.export import exported_model, keras_file_bytes
 from ml.payload import model_payload
 from ml.secagg.dp import Budget
 from schema import dataplane, privacy
@@ -93,8 +94,8 @@ class Aggregator:
             gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
-            model, meta, weights = self._restore(run) if done > 0 else self._start(run)
-            evaluation = evaluation_data(self.options, meta, run.mean, run.std)
+            _, meta, weights = self._restore(run) if done > 0 else self._start(run)
+            evaluation = evaluation_data(self.options, meta)
             budget, stopped = Budget.of(task.definition), None
             for round_no in range(done + 1, meta.rounds + 1):
                 if budget is not None and (stopped := budget.stop_before(round_no)):
@@ -103,13 +104,16 @@ class Aggregator:
                 # Keys are read again each round: a member's revocation counts from the next one.
                 verifier.update(self.client.task_member_keys(self.name))
                 epsilon = budget.after(round_no) if budget is not None else None
-                weights, result = run_round(run, round_no, meta, weights, model, evaluation, epsilon)
+                weights, result = run_round(run, round_no, meta, weights, evaluation, epsilon)
                 self.results.append(result)
             final = model_payload(meta, weights)
             broadcaster.final(meta.rounds, final)
             stored = self.recorder.store_model(final, final=True)
-            self.recorder.complete(stored.sha256, stopped)
-            run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…")
+            # The model users take away: a .keras file with the standardisation inside.
+            exported = self.recorder.store_model(keras_file_bytes(exported_model(meta, weights)), final=True)
+            self.recorder.complete(stored.sha256, stopped, keras_sha256=exported.sha256)
+            run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…, "
+                    f".keras sha256 {exported.sha256[:12]}…")
 
     def _start(self, run: TaskRun) -> tuple[Any, ModelMeta, list[np.ndarray[Any, Any]]]:
         """Round 0: standardisation if asked, then the initial model, broadcast."""

@@ -9,8 +9,8 @@ import numpy as np
 from aggregator.run import AggregationFailed, AggregatorOptions
 from client import Task
 from ml.data import Dataset, load_dataset
+from ml.export import ExportedScorer, raw_inputs
 from ml.keras_model import compile_model, keras, model_to_json
-from ml.prepare import prepare
 from ml.registry import build_model, known_models, load_user_model, model_spec
 from ml.seeds import task_seed
 from schema.dataplane import ModelMeta
@@ -49,11 +49,23 @@ def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
     return model, meta
 
 
-def evaluation_data(options: AggregatorOptions, meta: ModelMeta, mean: Array | None,
-                    std: Array | None) -> Dataset | None:
+class Evaluation:
+    """The creator's held-out data and the exported model each round is scored as."""
+
+    def __init__(self, meta: ModelMeta, raw: Dataset) -> None:
+        self.scorer = ExportedScorer(meta)
+        self.raw = raw_inputs(raw, meta.input_shape)
+
+    def score(self, weights: list[Array]) -> dict[str, float]:
+        """`loss` and `accuracy` of the exported model (standardisation inside) on raw data."""
+        return self.scorer.score(weights, self.raw)
+
+
+def evaluation_data(options: AggregatorOptions, meta: ModelMeta) -> Evaluation | None:
     """The held-out data each round's model is evaluated on, if the creator gave some."""
     if not options.eval_data:
         return None
+    data_options = {"label_column": options.eval_label_column}
     dataset = load_dataset(options.eval_data, data_dir=options.eval_data_dir,
-                           shard=options.eval_shard, seed=options.seed)
-    return prepare(dataset, meta.input_shape, mean, std)
+                           shard=options.eval_shard, seed=options.seed, **data_options)
+    return Evaluation(meta, dataset)

@@ -40,9 +40,10 @@ class Recorder:
         """Record who the round now closing goes without."""
         self.client.record_missed(self.name, round_no, participants)
 
-    def complete(self, model_sha256: str, reason: str | None = None) -> None:
-        """Record TaskCompleted with the final model's digest (and why, if it ends early)."""
-        self.client.complete_task(self.name, model_sha256, reason)
+    def complete(self, model_sha256: str, reason: str | None = None, keras_sha256: str | None = None) -> None:
+        """Record TaskCompleted with the final model's digest, its `.keras` export's, and why, if it
+        ends before its last round."""
+        self.client.complete_task(self.name, model_sha256, reason, keras_sha256=keras_sha256)
 
     def fail(self, reason: str) -> None:
         """Record TaskFailed, unless the task already ended."""

@@ -14,10 +14,10 @@ import numpy as np
 
 from aggregator.collect import deadline_after
 from aggregator.fold import Refused, fold_update
+from aggregator.model import Evaluation
 from aggregator.run import AggregationFailed, RoundResult, TaskRun
 from aggregator.secure import secure_update
-from ml.data import Dataset
-from ml.keras_model import evaluate
+from client.daemonlog import log_round
 from ml.payload import model_payload
 from ml.strategies import Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
@@ -28,8 +28,8 @@ from schema.definition import TaskDefinition
 Weights = list[np.ndarray[Any, Any]]
 
 
-def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, model: Any,
-              evaluation: Dataset | None, epsilon: float | None = None) -> tuple[Weights, RoundResult]:
+def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, evaluation: Evaluation | None,
+              epsilon: float | None = None) -> tuple[Weights, RoundResult]:
     """Train round `round_no` from `weights`; return the new weights and what was recorded."""
     run.broadcaster.weights(round_no, model_payload(meta, weights))
     started = time.monotonic()
@@ -39,8 +39,7 @@ def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, mo
     else:
         average, samples, reports = _collect_and_fold(run, round_no, for_round(run.task.definition, weights))
         new_weights, who, metrics = average.result(), sorted(samples), weighted_metrics(reports)
-    return record_round(run, round_no, meta, new_weights, model, evaluation,
-                        Outcome(who, samples, metrics, started, epsilon))
+    return record_round(run, round_no, meta, new_weights, evaluation, Outcome(who, samples, metrics, started, epsilon))
 
 
 @dataclass
@@ -54,21 +53,20 @@ class Outcome:
     epsilon: float | None
 
 
-def record_round(run: TaskRun, round_no: int, meta: ModelMeta, new_weights: Weights, model: Any,
-                 evaluation: Dataset | None, outcome: Outcome) -> tuple[Weights, RoundResult]:
-    """Evaluate the new model, store it, record RoundCompleted."""
-    eval_metrics: dict[str, float] = {}
-    if evaluation is not None:
-        model.set_weights(new_weights)
-        eval_metrics = evaluate(model, evaluation)
+def record_round(run: TaskRun, round_no: int, meta: ModelMeta, new_weights: Weights,
+                 evaluation: Evaluation | None, outcome: Outcome) -> tuple[Weights, RoundResult]:
+    """Score the new model (as exported: what a user downloads), store it, record RoundCompleted."""
+    eval_metrics = evaluation.score(new_weights) if evaluation is not None else {}
     stored = run.recorder.store_model(model_payload(meta, new_weights), round_no=round_no)
     duration = time.monotonic() - outcome.started
-    run.recorder.round(round_no, participants=outcome.participants, model_sha256=stored.sha256,
-                       samples=outcome.samples, metrics=outcome.metrics, eval_metrics=eval_metrics,
-                       duration_s=duration, epsilon=outcome.epsilon)
-    run.progress(round_line(run.task.name, round_no, meta.rounds, outcome.metrics, eval_metrics, duration))
-    return new_weights, RoundResult(round_no, outcome.participants, outcome.samples, outcome.metrics,
-                                    eval_metrics, stored.sha256, duration)
+    who, metrics = outcome.participants, outcome.metrics
+    run.recorder.round(round_no, participants=who, model_sha256=stored.sha256, samples=outcome.samples,
+                       metrics=metrics, eval_metrics=eval_metrics, duration_s=duration, epsilon=outcome.epsilon)
+    log_round(run.progress, round_line(run.task.name, round_no, meta.rounds, metrics, eval_metrics, duration),
+              task=run.task.name, round=round_no, rounds=meta.rounds, participants=who,
+              metrics=metrics, eval_metrics=eval_metrics, duration_s=round(duration, 3),
+              model_sha256=stored.sha256, epsilon=outcome.epsilon)
+    return new_weights, RoundResult(round_no, who, outcome.samples, metrics, eval_metrics, stored.sha256, duration)
 
 
 def round_timeout(run: TaskRun) -> float:

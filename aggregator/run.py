@@ -28,6 +28,7 @@ class AggregatorOptions:
     eval_data: str | None = None
     eval_data_dir: str | None = None
     eval_shard: str | None = None
+    eval_label_column: str | None = None
     model_file: str | None = None
     round_timeout_s: float = 900.0
     quorum_timeout_s: float | None = None

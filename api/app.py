@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import Services
 from api.errors import InvalidInput, MusketeerError, error_body, http_status
-from api.routes import audit, keys, ops, tasks, training, users
+from api.metrics import observe_requests
+from api.routes import audit, dashboard, keys, ops, tasks, training, users
 from api.settings import Settings
 
 log = logging.getLogger("musketeer.api")
@@ -44,8 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.middleware("http")(_request_id)
+    app.middleware("http")(observe_requests)
     _install_error_handlers(app)
-    for router in (ops.router, users.router, keys.router, tasks.router, audit.router, training.router):
+    for router in (ops.router, users.router, keys.router, tasks.router, audit.router, training.router,
+                   dashboard.router):
         app.include_router(router)
     return app
 

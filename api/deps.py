@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, Header, Request
@@ -13,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from api.errors import NotAuthenticated
 from api.handlers import Context, Result
+from api.metrics import Metrics
 from api.projections import project
 from api.relay import OutboxRelay
 from api.security import Accounts
@@ -36,11 +39,18 @@ class Services:
             # prompt 503 (and retry) rather than hanging on the pool.
             open=False, timeout=3, kwargs={"autocommit": True},
         )
-        self.store = PostgresEventStore(self.pool, projector=project)
+        self.metrics = Metrics(self.connection_for_metrics)
+        self.store = PostgresEventStore(self.pool, projector=project, on_commit=self.metrics.appended)
         self.topics = BrokerTopics(settings.broker)
         self.commands = TrainingCommands(self.store, settings, self.topics)
         self.accounts = Accounts(self.store.connection, settings.token_ttl_s)
         self.relay: OutboxRelay | None = None
+
+    @contextmanager
+    def connection_for_metrics(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for the scrape-time gauges."""
+        with self.store.connection() as conn:
+            yield conn
 
     def start(self) -> None:
         """Open the pool, migrate, start the outbox relay."""

@@ -61,6 +61,7 @@ class TaskState:
     members: tuple[Member, ...] = field(default_factory=tuple)
     rounds_completed: int = 0
     model_sha256: str | None = None
+    keras_sha256: str | None = None
     failure_reason: str | None = None
     keys: dict[str, str] = field(default_factory=dict)
     epsilon: float | None = None
@@ -105,7 +106,8 @@ def _evolve(state: TaskState | None, event: Event, record: RecordedEvent) -> Tas
     elif isinstance(event, TaskStarted):
         state = replace(state, keys=dict(event.keys))
     elif isinstance(event, TaskCompleted):
-        state = replace(state, model_sha256=event.model_sha256, completion_reason=event.reason)
+        state = replace(state, model_sha256=event.model_sha256, keras_sha256=event.keras_sha256,
+                        completion_reason=event.reason)
     elif isinstance(event, TaskFailed):
         state = replace(state, failure_reason=event.reason)
     status = _STATUS_AFTER.get(type(event))
@@ -161,6 +163,7 @@ class TaskView(BaseModel):
     updated_at: datetime
     rounds_completed: int = 0
     model_sha256: str | None = None
+    keras_sha256: str | None = None
     failure_reason: str | None = None
     keys: dict[str, str] = Field(default_factory=dict,
                                  description="each member's signing-key fingerprint, as TaskStarted recorded it")
@@ -184,6 +187,6 @@ class TaskView(BaseModel):
             topics=TopicsView(broadcast=state.broadcast_topic, updates=state.updates_topic),
             version=state.version, created_at=state.created_at, updated_at=state.updated_at,
             rounds_completed=state.rounds_completed, model_sha256=state.model_sha256,
-            failure_reason=state.failure_reason, keys=state.keys, epsilon=state.epsilon,
-            completion_reason=state.completion_reason,
+            keras_sha256=state.keras_sha256, failure_reason=state.failure_reason, keys=state.keys,
+            epsilon=state.epsilon, completion_reason=state.completion_reason,
         )

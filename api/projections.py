@@ -114,8 +114,8 @@ def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -
 
 
 def _task_completed(conn: Conn, event: TaskCompleted, record: RecordedEvent) -> None:
-    conn.execute("UPDATE tasks SET model_sha256 = %s, completion_reason = %s WHERE task_id = %s",
-                 (event.model_sha256, event.reason, _task_id(record)))
+    conn.execute("UPDATE tasks SET model_sha256 = %s, keras_sha256 = %s, completion_reason = %s WHERE task_id = %s",
+                 (event.model_sha256, event.keras_sha256, event.reason, _task_id(record)))
     _touch(conn, record, status=TaskStatus.COMPLETED)
 
 

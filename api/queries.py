@@ -124,8 +124,8 @@ def _view(row: dict[str, Any], participants: list[ParticipantView]) -> TaskView:
         topics=TopicsView(broadcast=row["broadcast_topic"], updates=row["updates_topic"]),
         version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
         rounds_completed=row["rounds_completed"], model_sha256=row["model_sha256"],
-        failure_reason=row["failure_reason"], keys=row["keys"], epsilon=row["epsilon"],
-        completion_reason=row["completion_reason"],
+        keras_sha256=row["keras_sha256"], failure_reason=row["failure_reason"], keys=row["keys"],
+        epsilon=row["epsilon"], completion_reason=row["completion_reason"],
     )
 
 
@@ -215,6 +215,7 @@ class ModelView(BaseModel):
     task_id: str
     creator: str
     model_sha256: str
+    keras_sha256: str | None = None
     size: int
     rounds: list[RoundView]
     participants: list[str]
@@ -235,12 +236,18 @@ def task_rounds(conn: Conn, name: str, viewer: str) -> Rounds:
     return Rounds(items=_rounds(conn, require_insider(conn, name, viewer)))
 
 
-def model_bytes(conn: Conn, name: str, viewer: str, sha256: str | None) -> tuple[str, bytes]:
-    """The final model of a task (or the stored artifact with `sha256`), for insiders."""
+def model_bytes(conn: Conn, name: str, viewer: str, sha256: str | None,
+                keras: bool = False) -> tuple[str, bytes]:
+    """The final model of a task (or the stored artifact with `sha256`), for insiders.
+
+    `keras` picks the final model's `.keras` export (what users take away) over the bundle.
+    """
     task_id = require_insider(conn, name, viewer)
-    digest = sha256 or get_task(conn, name).model_sha256
+    task = get_task(conn, name)
+    digest = sha256 or (task.keras_sha256 if keras else task.model_sha256)
     if digest is None:
-        raise NotFound(f"task '{name}' has no final model yet")
+        what = "no .keras export of its final model" if keras and task.model_sha256 else "no final model"
+        raise NotFound(f"task '{name}' has {what} yet")
     row = conn.execute("SELECT content FROM artifacts WHERE sha256 = %s AND task_id = %s",
                        (digest, task_id)).fetchone()
     if row is None:
@@ -260,7 +267,8 @@ def user_models(conn: Conn, viewer: str) -> Models:
     members = _members(conn, [row["task_id"] for row in rows])
     return Models(items=[
         ModelView(task=row["name"], task_id=row["task_id"], creator=row["creator"],
-                  model_sha256=row["model_sha256"], size=row["size"],
+                  model_sha256=row["model_sha256"], keras_sha256=row["keras_sha256"],
+                  size=row["size"],
                   rounds=_rounds(conn, row["task_id"]),
                   participants=[m.username for m in members[row["task_id"]]],
                   completed_at=row["updated_at"])

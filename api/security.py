@@ -81,6 +81,11 @@ class Accounts:
             token, ttl = issue_token(conn, username, self.token_ttl_s)
         return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
 
+    def revoke(self, token: str) -> None:
+        """Forget a token at once (the dashboard's sign-out)."""
+        with self._connection() as conn:
+            conn.execute("DELETE FROM access_tokens WHERE token_sha256 = %s", (_token_digest(token),))
+
     def owner(self, token: str) -> str | None:
         """The user a live token belongs to, or None."""
         with self._connection() as conn:

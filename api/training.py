@@ -156,7 +156,10 @@ class TrainingCommands(KeyCommands):
                 raise Conflict(f"task '{name}' has {state.rounds_completed} of {rounds} rounds")
             if session.artifact_size(state.task_id, command.model_sha256) is None:
                 raise Conflict("upload the final model before completing the task")
-            event = TaskCompleted(model_sha256=command.model_sha256, reason=command.reason)
+            if command.keras_sha256 and session.artifact_size(state.task_id, command.keras_sha256) is None:
+                raise Conflict("upload the final model's .keras export before completing the task")
+            event = TaskCompleted(model_sha256=command.model_sha256, keras_sha256=command.keras_sha256,
+                                  reason=command.reason)
             return self._append_and_view(session, state, ctx, event)
 
         return self._run(ctx, f"complete:{name}", command.model_dump(), decide)

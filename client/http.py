@@ -246,9 +246,11 @@ class MusketeerClient(KeysApi):
                              headers={"Content-Type": "application/octet-stream"})
         return StoredModel.model_validate(body)
 
-    def download_model(self, name: str, sha256: str | None = None) -> tuple[str, bytes]:
-        """The task's final model (or the artifact `sha256`): (digest, bytes), digest checked."""
-        params = {"sha256": sha256} if sha256 else None
+    def download_model(self, name: str, sha256: str | None = None,
+                       format: str = "bundle") -> tuple[str, bytes]:
+        """The final model (or artifact `sha256`) as (digest, bytes), digest checked; `format`
+        "keras" is the .keras file users take away, "bundle" the data plane's format."""
+        params = {"sha256": sha256} if sha256 else {"format": format}
         response = self._send("GET", _task_path(name, "model"), params=params)
         if response.status_code >= 400:
             raise error_from_response(response)
@@ -258,9 +260,11 @@ class MusketeerClient(KeysApi):
                               code="digest_mismatch")
         return digest, response.content
 
-    def complete_task(self, name: str, model_sha256: str, reason: str | None = None) -> Task:
-        """Record TaskCompleted with the final model's digest (and why, if before the last round)."""
-        body = {"model_sha256": model_sha256, **({"reason": reason} if reason else {})}
+    def complete_task(self, name: str, model_sha256: str, reason: str | None = None, *,
+                      keras_sha256: str | None = None) -> Task:
+        """Record TaskCompleted: the final model's digest, its `.keras` export's, and why, if early."""
+        body = {"model_sha256": model_sha256, **({"keras_sha256": keras_sha256} if keras_sha256 else {}),
+                **({"reason": reason} if reason else {})}
         return Task.model_validate(self._post(_task_path(name, "complete"), json=body))
 
     def fail_task(self, name: str, reason: str) -> Task:

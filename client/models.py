@@ -72,6 +72,7 @@ class Task(_ApiModel):
     updated_at: datetime | None = None
     rounds_completed: int = 0
     model_sha256: str | None = None
+    keras_sha256: str | None = None
     failure_reason: str | None = None
     keys: dict[str, str] = Field(default_factory=dict)
     epsilon: float | None = None
@@ -155,6 +156,7 @@ class ModelInfo(_ApiModel):
     task_id: str
     creator: str
     model_sha256: str
+    keras_sha256: str | None = None
     size: int
     rounds: list[Round] = Field(default_factory=list)
     participants: list[str] = Field(default_factory=list)

@@ -198,10 +198,13 @@ def run_demo(platform_dir: Path, api_port: int, dataset: str = "digits",
         console.print(Rule("6. results"))
         console.print(results_table(rounds))
         final = final_evaluation(alice, name, chosen.eval_args)
+        model_path = report_dir / "demo-model.keras"
+        model_path.write_bytes(final.pop("keras_file"))
         accuracy = final["accuracy"]
         console.print(matrix_table(final["confusion_matrix"]))
         console.print(f"final test accuracy: [bold]{accuracy:.4f}[/bold] "
-                      f"(model sha256 {final['model_sha256'][:16]}…, downloaded through the API)")
+                      f"(the .keras file downloaded through the API, sha256 {final['model_sha256'][:16]}…, "
+                      f"saved as {model_path})")
         console.print(Rule("7. the task's history, as recorded in the event log"))
         events = alice.task_events(name)
         console.print(events_table(events))

@@ -6,11 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.table import Table
 
 from client import MusketeerClient, Round
-from schema.dataplane import ModelMeta
 
 
 def round_line(entry: Round, total: int) -> str:
@@ -28,32 +26,23 @@ def round_line(entry: Round, total: int) -> str:
 
 
 def final_evaluation(client: MusketeerClient, name: str, eval_args: list[str]) -> dict[str, Any]:
-    """Download the final model through the API and score it on the held-out data."""
+    """Download the final model as a user would (a .keras file) and score it on raw held-out data."""
     # Lazy: TensorFlow loads only once the results are due, not for `musketeer --help`.
     from ml.data import load_dataset
-    from ml.keras_model import compile_model, confusion_matrix, evaluate, model_from_json
-    from ml.payload import read_model_payload
-    from ml.prepare import prepare
+    from ml.export import load_keras_bytes, raw_inputs
+    from ml.keras_model import confusion_matrix, evaluate
 
-    digest, content = client.download_model(name)
-    meta, weights = read_model_payload(content)
-    model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
-    model.set_weights(weights)
+    digest, content = client.download_model(name, format="keras")
+    model = load_keras_bytes(content)
     args = dict(zip(eval_args[::2], eval_args[1::2]))
     dataset = load_dataset(args["--eval-data"], shard=args.get("--eval-shard"),
                            seed=int(args.get("--eval-seed", 0)))
-    held_out = prepare(dataset, meta.input_shape, *standardisation(meta))
+    # Raw features: the exported model standardises them itself when the task did.
+    held_out = raw_inputs(dataset, model.input_shape[1:])
     metrics = evaluate(model, held_out)
     matrix = confusion_matrix(model, held_out)
     return {"model_sha256": digest, "accuracy": metrics["accuracy"], "loss": metrics["loss"],
-            "samples": len(held_out), "confusion_matrix": matrix.tolist()}
-
-
-def standardisation(meta: ModelMeta) -> tuple[Any, Any]:
-    """The global mean and std a model's inputs must be standardised with (None, None if not)."""
-    if meta.feature_mean is None or meta.feature_std is None:
-        return None, None
-    return np.asarray(meta.feature_mean), np.asarray(meta.feature_std)
+            "samples": len(held_out), "confusion_matrix": matrix.tolist(), "keras_file": content}
 
 
 def results_table(rounds: list[Round]) -> Table:

@@ -9,6 +9,7 @@ import typer
 
 from client import ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
+from client.daemonlog import LOG_FORMATS, DaemonLog
 from client.profile import Profile
 
 
@@ -30,6 +31,9 @@ def participate(
     seed: Annotated[int, typer.Option(help="Seed for sampling the local train/test split.")] = 0,
     output: Annotated[Path, typer.Option(help="Where final models are saved.")] = Path("models"),
     api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
+    log_format: Annotated[str, typer.Option(
+        help="text: readable lines; json: one JSON object per line (one per round, with its "
+             "numbers), for log shippers.")] = "text",
 ) -> None:
     """Train every round of the tasks you joined and save each final model under --output."""
     from ml.data.dataset import DataError
@@ -38,12 +42,16 @@ def participate(
     options = {"label_column": label_column, "robot": robot}
     data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,
                        options={k: v for k, v in options.items() if v is not None})
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}",
+                                 param_hint="--log-format")
+    progress = DaemonLog("participant", "json" if log_format == "json" else "text", show.out().print)
     try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
-                                              on_wait=show.out().print)
+                                              on_wait=progress)
         daemon = ParticipantDaemon(client, Profile.load(), data, output, only=task,
-                                   progress=show.out().print)
+                                   progress=progress)
         code = daemon.run()
     except ClientError as exc:
         show.print_client_error(exc)

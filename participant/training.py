@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ml.data import Dataset
-from ml.keras_model import compile_model, evaluate, keras, local_state, model_from_json, restore_state
+from ml.export import ExportedScorer, exported_model, raw_inputs
+from ml.keras_model import compile_model, keras, local_state, model_from_json, restore_state
 from ml.prepare import feature_moments, flat_features, prepare
 from ml.seeds import participant_seed
 from schema.dataplane import ModelMeta, UpdateMeta
@@ -53,6 +54,7 @@ class LocalTraining:
         self.task_id, self.definition, self.place = task_id, definition, place
         self.model: Any = None
         self.meta: ModelMeta | None = None
+        self.scorer: ExportedScorer | None = None
         self.mean: Array | None = None
         self.std: Array | None = None
         self._fresh: list[tuple[Any, Array]] = []
@@ -85,7 +87,9 @@ class LocalTraining:
             if standardises and self.mean is None:
                 raise TrainingError("the model arrived before the global statistics")
             self.train = prepare(self.train_raw, meta.input_shape, self.mean, self.std)
-            self.test = prepare(self.test_raw, meta.input_shape, self.mean, self.std)
+            # Evaluation scores the exported model (standardisation inside) on raw features.
+            self.test = raw_inputs(self.test_raw, meta.input_shape)
+            self.scorer = ExportedScorer(meta)
         self.model.set_weights(bundle_to_weights(bundle))
 
     def seed(self, round_no: int) -> int:
@@ -106,5 +110,15 @@ class LocalTraining:
                        time.monotonic() - started)
 
     def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy of the current model on the local test split (empty without one)."""
-        return evaluate(self.model, self.test) if len(self.test) else {}
+        """Loss and accuracy of the exported model on the raw local test split (empty without one).
+
+        The exported model is what the user takes away; scoring it (rather than the inner
+        network on pre-scaled data) means the printed numbers are the ones a user gets.
+        """
+        assert self.scorer is not None
+        return self.scorer.score(self.model.get_weights(), self.test) if len(self.test) else {}
+
+    def exported(self) -> Any:
+        """The current model as the user takes it away (`.keras`, standardisation inside)."""
+        assert self.meta is not None
+        return exported_model(self.meta, self.model.get_weights())

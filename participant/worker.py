@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client import ClientError, MusketeerClient, Task
+from client.daemonlog import log_round
 from client.keys import KeyRing
 from ml.data import load_dataset, split_and_sample
 from ml.secagg.encoding import StatsLayout
@@ -215,7 +216,9 @@ class TaskWorker:
             self._sent = _Sent(round_no, payload, self._send(writer, dataplane.UPDATE, round_no, payload))
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
-        self.say(f"round {round_no}: trained in {trained.seconds:.1f} s; local test {shown}")
+        log_round(self.progress, f"{self.task.name}: round {round_no}: trained in {trained.seconds:.1f} s; "
+                  f"local test {shown}", task=self.task.name, round=round_no, participant=self.me,
+                  metrics=trained.metrics, duration_s=round(trained.seconds, 3))
 
     def _send(self, writer: ResilientWriter, kind: str, round_no: int, payload: bytes,
               message_id: str | None = None) -> str:
@@ -231,7 +234,7 @@ class TaskWorker:
         folder = self.output / self.task.name
         folder.mkdir(parents=True, exist_ok=True)
         model_path = folder / "model.keras"
-        self.training.model.save(model_path)
+        self.training.exported().save(model_path)
         (folder / "model.bundle").write_bytes(data)
         metrics = self.training.evaluate()
         report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":

@@ -104,6 +104,8 @@ class CompleteTask(BaseModel):
     model_sha256: Sha256
     reason: str | None = Field(default=None, min_length=1, max_length=2000,
                                description="why it ends before its last round (the privacy budget)")
+    keras_sha256: Sha256 | None = Field(
+        default=None, description="digest of the final model's .keras export (already uploaded)")
 
 
 class FailTask(BaseModel):

@@ -125,9 +125,11 @@ class UpdateRejected(Event):
 
 
 class TaskCompleted(Event):
-    """Training finished; the final model has this digest (and, if it ended early, why)."""
+    """Training finished; the final model has this digest, its .keras export that one, and (if it
+    ended before its last round) the reason."""
 
     model_sha256: str | None = None
+    keras_sha256: str | None = None
     reason: str | None = None
 
 

@@ -8,6 +8,7 @@ codes. Behaviour against the real API is covered by the integration tests.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import stat
 from collections.abc import Callable
@@ -1046,3 +1047,52 @@ def test_unreachable_api_in_the_cli(
     assert result.exit_code == 1
     assert "musketeer platform up" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- models download ----------------------------------------------------------------
+
+CONTENT = b"PK\x03\x04 a .keras zip, as far as this test is concerned"
+DIGEST = hashlib.sha256(CONTENT).hexdigest()
+
+
+def keras_response(content: bytes = CONTENT, digest: str = DIGEST) -> httpx.Response:
+    return httpx.Response(200, content=content, headers={"X-Model-SHA256": digest})
+
+
+def test_download_saves_the_keras_file_and_prints_its_digest(
+    run: Callable[..., Any], api: FakeApi, isolated_env: Path, tmp_path: Path
+) -> None:
+    """It asks for format=keras, writes the bytes to -o and prints the sha256."""
+    logged_in(isolated_env)
+    api.on("GET", "/v1/tasks/t1/model", keras_response())
+    target = tmp_path / "out" / "model.keras"
+    result = run("models", "download", "t1", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes() == CONTENT and DIGEST in result.output.replace("\n", "")
+    assert api.requests[-1].url.params["format"] == "keras"
+
+
+def test_a_digest_mismatch_writes_nothing(
+    run: Callable[..., Any], api: FakeApi, isolated_env: Path, tmp_path: Path
+) -> None:
+    """Bytes that do not hash to X-Model-SHA256 are refused: exit 1, no file."""
+    logged_in(isolated_env)
+    api.on("GET", "/v1/tasks/t1/model", keras_response(digest="0" * 64))
+    folder = tmp_path / "models"
+    result = run("models", "download", "t1", "-o", str(folder / "model.keras"))
+    assert result.exit_code == 1 and "X-Model-SHA256" in result.output
+    assert not folder.exists()
+
+
+def test_an_existing_file_is_kept_without_force(
+    run: Callable[..., Any], api: FakeApi, isolated_env: Path, tmp_path: Path
+) -> None:
+    """An existing file is not overwritten unless --force is given."""
+    logged_in(isolated_env)
+    api.on("GET", "/v1/tasks/t1/model", keras_response())
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"mine")
+    refused = run("models", "download", "t1", "-o", str(target))
+    assert refused.exit_code == 1 and "--force" in refused.output and target.read_bytes() == b"mine"
+    assert run("models", "download", "t1", "-o", str(target), "--force").exit_code == 0
+    assert target.read_bytes() == CONTENT

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.deps import ServicesDep
 from api.errors import MusketeerError
@@ -15,6 +15,12 @@ router = APIRouter(tags=["ops"])
 def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics: request latency by route, commands, events, rounds, rejections, gauges."""
+    return services.metrics.render()
 
 
 @router.get("/readyz", summary="Readiness: PostgreSQL and the broker")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -73,11 +73,22 @@ async def store_model(
 @router.get("/v1/tasks/{name}/model", summary="Download a task's model",
             responses={200: {"content": {"application/octet-stream": {}}}})
 def get_model(name: str, user: CurrentUser, services: ServicesDep,
-              sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None) -> Response:
+              sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
+              format: Annotated[Literal["bundle", "keras"], Query(
+                  description="keras: the .keras file to take away (standardisation inside); "
+                              "bundle: the data plane's format")] = "bundle") -> Response:
     """The final model (or the stored artifact `sha256`); its digest is in X-Model-SHA256."""
     with services.store.connection() as conn:
-        digest, content = queries.model_bytes(conn, name, user, sha256)
-    return Response(content, media_type="application/octet-stream", headers={"X-Model-SHA256": digest})
+        digest, content = queries.model_bytes(conn, name, user, sha256, keras=format == "keras")
+    return model_response(name, digest, content, format)
+
+
+def model_response(name: str, digest: str, content: bytes, format: str) -> Response:
+    """Model bytes as a download, the digest in X-Model-SHA256 and a file name to save them as."""
+    suffix = "keras" if format == "keras" else "bundle"
+    headers = {"X-Model-SHA256": digest,
+               "Content-Disposition": f'attachment; filename="{name}.{suffix}"'}
+    return Response(content, media_type="application/octet-stream", headers=headers)
 
 
 @router.post("/v1/tasks/{name}/complete", response_model=TaskView, summary="Complete a task (aggregator)")

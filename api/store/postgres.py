@@ -46,6 +46,7 @@ class PostgresSession(Session):
     def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None):
         self.conn = conn
         self._projector = projector
+        self.appended: list[RecordedEvent] = []
 
     def stream_version(self, stream_id: str) -> int:
         row = self.conn.execute(
@@ -74,6 +75,7 @@ class PostgresSession(Session):
             if self._projector is not None:
                 self._projector(self.conn, record)
         self.conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        self.appended.extend(recorded)
         return recorded
 
     def _insert(self, record: RecordedEvent, prev_hash: bytes) -> None:
@@ -147,15 +149,22 @@ class PostgresSession(Session):
 class PostgresEventStore(EventStore):
     """The log on PostgreSQL, with inline projections applied on every append."""
 
-    def __init__(self, pool: ConnectionPool, projector: Projector | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, projector: Projector | None = None,
+                 on_commit: Callable[[list[RecordedEvent]], None] | None = None) -> None:
         self.pool = pool
         self._projector = projector
+        # Told of every committed append (metrics); never of one that rolled back.
+        self._on_commit = on_commit
 
     @contextmanager
     def session(self) -> Iterator[PostgresSession]:
         with self.connection() as conn, conn.transaction():
             conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-            yield PostgresSession(conn, self._projector)
+            session = PostgresSession(conn, self._projector)
+            yield session
+        # Reached only when the transaction committed (an exception skips it).
+        if self._on_commit is not None and session.appended:
+            self._on_commit(session.appended)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:

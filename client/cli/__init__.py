@@ -13,6 +13,7 @@ import typer
 from client.cli.accounts import login, logout, register_user, whoami
 from client.cli.audit import audit_verify
 from client.cli.keys import keys_register, keys_revoke, keys_rotate, keys_show
+from client.cli.models import models_download, models_list
 from client.cli.session import ClientFactory, Session, client_from_profile
 from client.cli.tasks import (
     tasks_create,
@@ -68,6 +69,11 @@ def register(app: typer.Typer, *, client_factory: ClientFactory | None = None) -
     for name, command in KEY_COMMANDS.items():
         keys.command(name)(command)
     app.add_typer(keys, name="keys", context_settings=settings)
+    models = typer.Typer(help="The models your tasks produced: list them, download one.",
+                         no_args_is_help=True)
+    models.command("list")(models_list)
+    models.command("download")(models_download)
+    app.add_typer(models, name="models", context_settings=settings)
 
     audit = typer.Typer(help="Check that the event log was not altered.", no_args_is_help=True)
     audit.command("verify")(audit_verify)
