@@ -15,7 +15,7 @@ import numpy as np
 from ml.secagg import dp
 from ml.secagg.encoding import ModelLayout
 from ml.secagg.protocol import ClientRound, ProtocolError, context
-from participant.training import Trained
+from participant.trained import Trained
 from schema import dataplane, privacy
 from streams.codec import ArrayBundle, encode_bundle
 

@@ -8,7 +8,6 @@ trains a round the same way as the one it replaces.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,31 +17,15 @@ from ml.export import ExportedScorer, exported_model, raw_inputs
 from ml.keras_model import compile_model, keras, local_state, model_from_json, restore_state
 from ml.prepare import feature_moments, flat_features, prepare
 from ml.seeds import participant_seed
-from schema.dataplane import ModelMeta, UpdateMeta
-from streams.codec import ArrayBundle, bundle_to_weights, encode_bundle, keras_weights_to_bundle
+from participant.trained import Trained
+from schema.dataplane import ModelMeta
+from streams.codec import ArrayBundle, bundle_to_weights, encode_bundle
 
 Array = np.ndarray[Any, Any]
 
 
 class TrainingError(RuntimeError):
     """The local model or data cannot be used for this task."""
-
-
-@dataclass
-class Trained:
-    """One round's local training: the weights it started from and ended with, and its metrics."""
-
-    global_weights: list[Array]
-    weights: list[Array]
-    samples: int
-    test_samples: int
-    metrics: dict[str, float]
-    seconds: float
-
-    def payload(self) -> bytes:
-        """The plain update (privacy mode 1): trained weights with the sample count and metrics."""
-        meta = UpdateMeta(samples=self.samples, test_samples=self.test_samples, metrics=self.metrics)
-        return encode_bundle(keras_weights_to_bundle(self.weights, meta.model_dump()))
 
 
 class LocalTraining:

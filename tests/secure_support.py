@@ -11,7 +11,7 @@ import numpy as np
 
 from client import Task
 from participant.secure import SecureInputs
-from participant.training import Trained
+from participant.trained import Trained
 from schema import dataplane
 from streams.codec import bundle_to_weights, decode_bundle
 from streams.reader import PayloadReader, Received

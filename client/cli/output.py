@@ -148,6 +148,11 @@ def _task_summary(task: Task) -> Table:
         ("created", when(task.created_at)),
         ("updated", when(task.updated_at)),
     ]
+    if task.epsilon is not None:
+        delta = task.definition.get("delta", 1e-5)
+        rows.append(("privacy spent", f"epsilon {task.epsilon:.3f} (delta {delta:g})"))
+    if task.completion_reason:
+        rows.append(("ended early", escape(task.completion_reason)))
     for key, value in rows:
         grid.add_row(key, value)
     return grid

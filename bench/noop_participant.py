@@ -1,0 +1,102 @@
+"""A participant without training, as a process of its own, for benches: it answers every round
+with the global weights unchanged (plain), or speaks secure aggregation with a zero change
+(privacy modes 2 and 3; mode 3 still clips and adds its noise). It signs what it sends and
+believes only the creator's broadcasts, as the real daemon does. No TensorFlow is loaded.
+
+    python bench/noop_participant.py TASK --api URL --bootstrap HOST:PORT --keys-dir DIR \\
+        [--samples 100] [--stats FILE]      # the token comes from MUSKETEER_TOKEN
+
+On the final model it writes {"rounds": [...], "bytes_sent": N} to --stats and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from client import MusketeerClient
+from client.keys import KeyRing
+from client.keys_api import ensure_registered
+from participant.secure import SecureInputs
+from participant.trained import Trained
+from schema import dataplane, privacy
+from schema.dataplane import UpdateMeta
+from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
+from streams.reader import PayloadReader, Received
+from streams.signing import Signer, Verifier
+from streams.writer import PayloadWriter
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task")
+    parser.add_argument("--api", required=True)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--keys-dir", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--stats", type=Path)
+    args = parser.parse_args()
+    client = MusketeerClient(args.api, os.environ.get("MUSKETEER_TOKEN"))
+    ring = KeyRing(args.keys_dir, client.me().username)
+    ensure_registered(client, ring)
+    deadline = time.monotonic() + 600
+    while (task := client.get_task(args.task)).status != "STARTED":
+        if time.monotonic() > deadline or task.status in ("FAILED", "DELETED", "COMPLETED"):
+            print(f"task {args.task} is {task.status}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    return follow(client, task, ring, args)
+
+
+def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Namespace) -> int:
+    writer = PayloadWriter(args.bootstrap, signer=Signer(ring.recorded(task.keys, task.name)))
+    sent = {"bytes": 0}
+
+    def send(kind: str, round_no: int, payload: bytes) -> str:
+        sent["bytes"] += len(payload)
+        return writer.send(str(task.topics.updates), task_id=task.task_id, round=round_no, kind=kind,
+                           sender=ring.username, payload=payload)
+
+    secure = (SecureInputs(task.task_id, ring.username, task.definition, task.pom, len(task.participants),
+                           send, lambda text: print(text, flush=True)) if privacy.secure(task.pom) else None)
+    creator = [k for k in client.task_member_keys(task.name) if k.username == task.creator]
+    rounds: list[int] = []
+    with PayloadReader(args.bootstrap, [str(task.topics.broadcast)], verifier=Verifier(creator)) as reader:
+        while True:
+            for delivery in reader.poll(1.0):
+                if not isinstance(delivery, Received):
+                    continue
+                payload = delivery.payload
+                if payload.kind in (dataplane.FINAL, dataplane.STOP):
+                    if args.stats:
+                        args.stats.write_text(json.dumps({"rounds": rounds, "bytes_sent": sent["bytes"]}))
+                    return 0 if payload.kind == dataplane.FINAL else 1
+                bundle = decode_bundle(payload.data)
+                if payload.kind == dataplane.WEIGHTS and payload.round not in rounds:
+                    rounds.append(payload.round)
+                    answer(secure, send, payload.round, bundle_to_weights(bundle), args.samples)
+                elif payload.kind in dataplane.SECURE_BROADCASTS and secure is not None:
+                    secure.on_broadcast(payload.kind, payload.round, bundle)
+
+
+def answer(secure: SecureInputs | None, send: Any, round_no: int, weights: list[np.ndarray], samples: int) -> None:
+    """The global weights back, unchanged (plain), or a zero change in the secure sum."""
+    if secure is None:
+        meta = UpdateMeta(samples=samples, test_samples=0, metrics={})
+        send(dataplane.UPDATE, round_no, encode_bundle(keras_weights_to_bundle(weights, meta.model_dump())))
+    else:
+        trained = Trained(list(weights), list(weights), samples, 0, {}, 0.0)
+        secure.start(round_no, "update", secure.model_input(trained))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
