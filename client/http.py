@@ -7,24 +7,20 @@ with MusketeerClient.from_profile() as client:
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from client.credentials import load_credentials, same_url
+from client.endpoints import task_path as _task_path
 from client.errors import ServerError, error_from_response, unreachable
 from client.keys_api import KeysApi
 from client.models import (
-    ModelInfo,
-    Round,
-    StoredModel,
     Task,
     TaskEvent,
     TaskPage,
@@ -35,11 +31,12 @@ from client.models import (
 )
 from client.profile import Profile, environment_token
 from client.retry import NO_RETRY, RetryPolicy, retry_after
+from client.training_api import TrainingApi
 
 USER_AGENT = "musketeer-client/0.1"
 
 
-class MusketeerClient(KeysApi):
+class MusketeerClient(KeysApi, TrainingApi):
     """A synchronous client of the Musketeer HTTP API v1."""
 
     def __init__(
@@ -205,81 +202,6 @@ class MusketeerClient(KeysApi):
         body = self._get(_task_path(name, "state"), params={"version": version})
         return TaskState.model_validate(body)
 
-    # -- training (the aggregator's commands are the task creator's)
-
-    def start_task(self, name: str, *, idempotency_key: str | None = None) -> Task:
-        """Record TaskStarted (creator only, once the quorum has joined)."""
-        return Task.model_validate(self._post(_task_path(name, "start"), key=idempotency_key))
-
-    def record_round(self, name: str, round: int, *, participants: list[str],
-                     model_sha256: str, samples: dict[str, int] | None = None,
-                     metrics: dict[str, float] | None = None,
-                     eval_metrics: dict[str, float] | None = None,
-                     duration_s: float | None = None, epsilon: float | None = None,
-                     idempotency_key: str | None = None) -> Task:
-        """Record a completed round (its model must be uploaded first)."""
-        body = {"round": round, "participants": participants, "model_sha256": model_sha256,
-                "samples": samples or {}, "metrics": metrics or {},
-                "eval_metrics": eval_metrics or {}, "duration_s": duration_s, "epsilon": epsilon}
-        return Task.model_validate(
-            self._post(_task_path(name, "rounds"), json=body, key=idempotency_key))
-
-    def record_missed(self, name: str, round: int, participants: list[str]) -> Task:
-        """Record who the round now closing goes without (one ParticipantMissedRound each)."""
-        body = {"round": round, "participants": participants}
-        return Task.model_validate(self._post(_task_path(name, "missed"), json=body))
-
-    def reject_update(self, name: str, round: int, sender: str, reason: str,
-                      message_id: str | None = None) -> Task:
-        """Record an update the aggregator refused, with the reason."""
-        body = {"round": round, "sender": sender, "reason": reason, "message_id": message_id}
-        return Task.model_validate(self._post(_task_path(name, "rejections"), json=body))
-
-    def upload_model(self, name: str, content: bytes, *, round: int | None = None,
-                     final: bool = False, idempotency_key: str | None = None) -> StoredModel:
-        """Store model bytes as an artifact of the task; returns its digest."""
-        params: dict[str, Any] = {"final": "true" if final else "false"}
-        if round is not None:
-            params["round"] = round
-        body = self._command("PUT", _task_path(name, "model"), key=idempotency_key,
-                             content=content, params=params,
-                             headers={"Content-Type": "application/octet-stream"})
-        return StoredModel.model_validate(body)
-
-    def download_model(self, name: str, sha256: str | None = None,
-                       format: str = "bundle") -> tuple[str, bytes]:
-        """The final model (or artifact `sha256`) as (digest, bytes), digest checked; `format`
-        "keras" is the .keras file users take away, "bundle" the data plane's format."""
-        params = {"sha256": sha256} if sha256 else {"format": format}
-        response = self._send("GET", _task_path(name, "model"), params=params)
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        digest = response.headers.get("X-Model-SHA256", "")
-        if hashlib.sha256(response.content).hexdigest() != digest:
-            raise ServerError("the downloaded model does not match its X-Model-SHA256 header",
-                              code="digest_mismatch")
-        return digest, response.content
-
-    def complete_task(self, name: str, model_sha256: str, reason: str | None = None, *,
-                      keras_sha256: str | None = None) -> Task:
-        """Record TaskCompleted: the final model's digest, its `.keras` export's, and why, if early."""
-        body = {"model_sha256": model_sha256, **({"keras_sha256": keras_sha256} if keras_sha256 else {}),
-                **({"reason": reason} if reason else {})}
-        return Task.model_validate(self._post(_task_path(name, "complete"), json=body))
-
-    def fail_task(self, name: str, reason: str) -> Task:
-        """Record TaskFailed with the reason."""
-        return Task.model_validate(self._post(_task_path(name, "fail"), json={"reason": reason}))
-
-    def rounds(self, name: str) -> list[Round]:
-        """The task's completed rounds, oldest first."""
-        body = self._get(_task_path(name, "rounds"))
-        return [Round.model_validate(item) for item in body.get("items", [])]
-
-    def models(self) -> list[ModelInfo]:
-        """Final models of the tasks you created or joined, with lineage."""
-        return [ModelInfo.model_validate(item) for item in self._get("/v1/models").get("items", [])]
-
     # -- audit and health
 
     def verify(self) -> VerifyReport:
@@ -369,12 +291,6 @@ def _message_of(response: httpx.Response) -> str:
 def is_idempotent(method: str, headers: dict[str, str]) -> bool:
     """Whether sending the request twice has the effect of sending it once."""
     return method in ("GET", "HEAD") or "Idempotency-Key" in headers
-
-
-def _task_path(name: str, action: str | None = None) -> str:
-    # safe="": a "/" or "?" in a name must stay part of the name.
-    path = f"/v1/tasks/{quote(name, safe='')}"
-    return f"{path}/{action}" if action else path
 
 
 def _task_filters(
