@@ -74,6 +74,7 @@ def test_an_unrecoverable_error_records_task_failed(api: ApiProcess, broker: Any
     name = unique("nomodel")
     alice.client.create_task(name, {"quorum": 1, "rounds": 1})
     john.client.join(name)
+    john.register_key()  # as his daemon would: the task starts only once every member has a key
     log = tmp_path / "aggregator.log"
     process = spawn(["aggregate", name], daemon_env(api, alice, broker.bootstrap, topic_prefix), log)
     assert process.wait(120) == 1, log.read_text()
