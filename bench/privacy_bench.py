@@ -106,7 +106,7 @@ def accuracy_row(api: ApiProcess, bootstrap: str, work: Path, label: str, pom: i
                  sites: int, rounds: int) -> str:
     """One MNIST task with real daemons; its final held-out accuracy and epsilon."""
     alice, people = member(api, "alice"), [member(api, f"site{i}") for i in range(sites)]
-    name = unique(f"acc-{label}")
+    name = unique("acc-" + "".join(c if c.isalnum() else "-" for c in label))
     definition = {"quorum": sites, "rounds": rounds, "epochs": 1, "batch_size": 64, "learning_rate": 0.002,
                   "model": "mnist-cnn", "training_size": 1500, "seed": 11, **extra}
     alice.client.create_task(name, definition, pom=pom)
