@@ -10,6 +10,9 @@ from client import ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
 from client.profile import Profile
 
+# The exit status when the quorum did not join in time (1 is any other failure).
+QUORUM_NOT_REACHED = 3
+
 
 def register(app: typer.Typer) -> None:
     """Add the `aggregate` command to the console script."""
@@ -27,19 +30,26 @@ def aggregate(
     eval_seed: Annotated[int, typer.Option(
         help="Seed of generated eval data (welding): use one the participants do not.")] = 0,
     model: Annotated[str | None, typer.Option(
-        help="A Keras model file (.keras) to train instead of the definition's registry model.")] = None,
+        help="Your own Keras model file (.keras), for a task whose definition says \"model\": "
+             "\"user\"; checked before the task starts.")] = None,
     round_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for every update of a round before failing the task.")] = 900.0,
     quorum_timeout: Annotated[float | None, typer.Option(
-        help="Seconds to wait for the quorum (default: forever).")] = None,
+        help="Seconds to wait for the quorum (default: forever); then stop waiting and exit with "
+             "status 3, leaving the task open for joins.")] = None,
+    fail_on_quorum_timeout: Annotated[bool, typer.Option(
+        "--fail-on-quorum-timeout",
+        help="At the quorum timeout, fail the task for good (TaskFailed) instead.")] = False,
     api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
 ) -> None:
     """Wait for the quorum, then run every round of TASK: broadcast, FedAvg, evaluate, record."""
-    from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
+    from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions, QuorumNotReached
+    from ml.keras_model import ModelError
 
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,
                                 eval_shard=eval_shard, model_file=model, seed=eval_seed,
-                                round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout)
+                                round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout,
+                                fail_on_quorum_timeout=fail_on_quorum_timeout)
     try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
@@ -48,7 +58,12 @@ def aggregate(
     except ClientError as exc:
         show.print_client_error(exc)
         raise typer.Exit(1) from None
-    except (AggregationFailed, ValueError, OSError) as exc:
+    except QuorumNotReached as exc:
+        kept = "the task FAILED" if fail_on_quorum_timeout else (
+            f"the task stays open for joins; run `musketeer aggregate {task}` again to wait anew")
+        show.print_failure(f"{exc}; {kept}")
+        raise typer.Exit(QUORUM_NOT_REACHED) from None
+    except (AggregationFailed, ModelError, ValueError, OSError) as exc:
         show.print_failure(str(exc))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -14,11 +14,18 @@ import numpy as np
 from aggregator.broadcast import Broadcaster
 from aggregator.checkpoint import restore
 from aggregator.collect import Collector
-from aggregator.model import build_initial, evaluation_data
+from aggregator.model import build_initial, check_model_choice, evaluation_data
 from aggregator.quorum import wait_for_quorum
 from aggregator.record import Recorder
 from aggregator.round import run_round
-from aggregator.run import AggregationFailed, AggregatorOptions, Progress, RoundResult, TaskRun
+from aggregator.run import (
+    AggregationFailed,
+    AggregatorOptions,
+    Progress,
+    QuorumNotReached,
+    RoundResult,
+    TaskRun,
+)
 from aggregator.standardise import standardise
 from aggregator.verify import Gate
 from client import MusketeerClient, Task
@@ -31,7 +38,7 @@ from streams.eventlog import EventFeed
 from streams.reader import PayloadReader
 from streams.writer import ResilientWriter
 
-__all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "RoundResult"]
+__all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "QuorumNotReached", "RoundResult"]
 
 
 class Aggregator:
@@ -55,6 +62,8 @@ class Aggregator:
         if task.creator != me:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
+        # Before anything is waited for or started: a bad model file fails now, not the task.
+        check_model_choice(task, self.options)
         broadcaster = Broadcaster(ResilientWriter(self.bootstrap, on_retry=self.progress), task)
         try:
             with EventFeed(self.bootstrap, self.events_topic) as feed:
@@ -65,6 +74,11 @@ class Aggregator:
             if task.status != TaskStatus.STARTED:
                 raise AggregationFailed(f"task '{self.name}' is {task.status}; nothing to run")
             self._train(task, broadcaster, resumed)
+        except QuorumNotReached as error:
+            # Nobody trains yet: the task stays open for joins unless the creator asked otherwise.
+            if self.options.fail_on_quorum_timeout:
+                self._give_up(broadcaster, str(error))
+            raise
         except BaseException as error:
             self._give_up(broadcaster, failure_reason(error))
             raise

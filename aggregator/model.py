@@ -14,8 +14,23 @@ from ml.prepare import prepare
 from ml.registry import build_model, known_models, load_user_model, model_spec
 from ml.seeds import task_seed
 from schema.dataplane import ModelMeta
+from schema.definition import USER_MODEL
 
 Array = np.ndarray[Any, Any]
+
+
+def check_model_choice(task: Task, options: AggregatorOptions) -> None:
+    """Refuse, before the task starts, a model file the definition does not ask for or cannot use."""
+    named = task.definition.get("model")
+    if named == USER_MODEL and not options.model_file:
+        raise AggregationFailed(f"task '{task.name}' trains the creator's own model (\"model\": "
+                                f"\"{USER_MODEL}\"): give the Keras file with --model FILE.keras")
+    if options.model_file and named not in (USER_MODEL, None):
+        raise AggregationFailed(f"task '{task.name}' trains the registry model {named!r}, so --model "
+                                f"FILE is not used; a task for your own file says \"model\": "
+                                f"\"{USER_MODEL}\" (its participants must know what they train)")
+    if options.model_file:
+        load_user_model(options.model_file)  # ModelError, naming the file, if it is unusable
 
 
 def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,

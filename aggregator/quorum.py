@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from aggregator.collect import deadline_after
-from aggregator.run import AggregationFailed, Progress
+from aggregator.run import Progress, QuorumNotReached
 from client import MusketeerClient, Task
 from schema.lifecycle import TaskStatus
 from streams.eventlog import EventFeed
@@ -13,7 +13,7 @@ from streams.eventlog import EventFeed
 
 def wait_for_quorum(client: MusketeerClient, task: Task, feed: EventFeed, timeout_s: float | None,
                     progress: Progress) -> Task:
-    """The task once enough participants joined (or it left CREATED); AggregationFailed on timeout."""
+    """The task once enough participants joined (or it left CREATED); QuorumNotReached on timeout."""
     quorum = int(task.quorum or task.definition.get("quorum", 1))
     if task.status != TaskStatus.CREATED or task.participant_count >= quorum:
         return task
@@ -29,5 +29,5 @@ def wait_for_quorum(client: MusketeerClient, task: Task, feed: EventFeed, timeou
                 progress(f"task {task.name}: quorum reached ({task.participant_count}/{quorum})")
                 return task
         if time.monotonic() > deadline:
-            raise AggregationFailed(f"quorum not reached: {task.participant_count} of "
-                                    f"{quorum} participants joined")
+            raise QuorumNotReached(f"quorum not reached in {timeout_s:g} s: {task.participant_count} "
+                                   f"of {quorum} participants joined")

@@ -58,6 +58,11 @@ async def _request_id(request: Request, call_next: Any) -> Any:
     return response
 
 
+def plain_message(message: str) -> str:
+    """A validation message without pydantic's "Value error, " prefix (our messages say what)."""
+    return message.removeprefix("Value error, ")
+
+
 def _error_response(error: MusketeerError) -> JSONResponse:
     return JSONResponse(error_body(error.code, error.message, error.details), status_code=http_status(error))
 
@@ -70,7 +75,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            {"loc": list(e.get("loc", ())), "msg": plain_message(e.get("msg", "")), "type": e.get("type", "")}
             for e in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}

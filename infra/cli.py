@@ -22,11 +22,11 @@ from participant import cli as participant_cli
 
 app = typer.Typer(
     help="Musketeer: train one model together without moving the data.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=client_cli.HELP_MARKUP,
 )
 platform_app = typer.Typer(
     help="Run the local platform: embedded PostgreSQL, embedded broker and the API.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=client_cli.HELP_MARKUP,
 )
 app.add_typer(platform_app, name="platform")
 

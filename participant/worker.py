@@ -12,13 +12,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from client import ClientError, MusketeerClient, Task
-from ml.data import load_dataset, split_and_sample
+from ml.data import split_and_sample
 from ml.seeds import task_seed
+from participant.data import DataOptions
 from participant.training import LocalTraining
 from schema import dataplane
 from schema.lifecycle import TaskStatus
@@ -34,17 +34,6 @@ _RESET_CHECK_S = 3.0
 
 class TaskStopped(RuntimeError):
     """The task ended without a final model (failed, deleted, or stopped by the aggregator)."""
-
-
-@dataclass
-class DataOptions:
-    """Where this participant's local data comes from."""
-
-    dataset: str
-    data_dir: str | None = None
-    shard: str | None = None
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,8 +89,8 @@ class TaskWorker:
 
     def _local_training(self) -> LocalTraining:
         definition = self.task.definition
-        raw = load_dataset(self.data.dataset, data_dir=self.data.data_dir, shard=self.data.shard,
-                           seed=self.data.seed, **self.data.options)
+        raw = self.data.load()
+        self.data.check_for(self.task.name, definition)
         train, test = split_and_sample(raw, definition.get("training_size"),
                                        definition.get("test_size"), self.data.seed)
         self.say(f"local data: {len(train)} training and {len(test)} test samples ({raw.name})")

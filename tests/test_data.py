@@ -132,7 +132,7 @@ def test_csv_with_header_and_label_column(tmp_path: Path) -> None:
     ("a,label\n1,0.5\n", r"label at row 2, column 'label' is 0.5"),
     ("a,label\n1,0,7\n", r"row 2 has 3 fields"),
     ("1,0\n2,1\n", r"row 1 must be a header"),
-    ("a,b\n1,0\n", r"no column 'label' \(columns: a, b\)"),
+    ("a,b\n1,0\n", r"no column 'label' for --label-column \(columns: a, b\)"),
 ])
 def test_csv_errors_name_the_row_and_column(tmp_path: Path, body: str, message: str) -> None:
     """Bad cells, ragged rows and a missing header or label column are located exactly."""
@@ -141,11 +141,11 @@ def test_csv_errors_name_the_row_and_column(tmp_path: Path, body: str, message: 
 
 
 def test_csv_needs_a_label_column_and_unknown_options_are_named(tmp_path: Path) -> None:
-    """Without label_column the error says so; an option the source lacks is named."""
+    """Without a label column the error names the flag; a flag the source does not take is named."""
     spec = _write(tmp_path / "ok.csv", "a,label\n1,0\n")
-    with pytest.raises(DataError, match="label_column"):
+    with pytest.raises(DataError, match="needs --label-column NAME"):
         load_dataset(spec)
-    with pytest.raises(DataError, match="unknown option 'robot' for csv"):
+    with pytest.raises(DataError, match="--robot does not apply to csv data"):
         load_dataset(spec, label_column="label", robot="FPS2")
     with pytest.raises(DataError, match="unknown data source 'parquet'"):
         load_dataset("parquet:x.parquet")

@@ -12,6 +12,7 @@ import typer
 
 from client import AuthenticationError, ClientError, MusketeerClient
 from client.cli import output as show
+from client.credentials import ENV_TOKEN
 from client.profile import Profile, environment_password
 
 ClientFactory = Callable[[str | None], MusketeerClient]
@@ -59,6 +60,7 @@ class Session:
 
     client_factory: ClientFactory = client_from_profile
     had_token: bool = field(default=False, init=False)
+    token_source: str | None = field(default=None, init=False)
 
     def client(self, api_url: str | None) -> MusketeerClient:
         try:
@@ -66,6 +68,7 @@ class Session:
         except ValueError as exc:  # an unreadable profile file
             raise CliFailure(str(exc)) from exc
         self.had_token = client.token is not None
+        self.token_source = client.token_source
         return client
 
 
@@ -82,10 +85,17 @@ def profile() -> Profile:
 
 
 def auth_hint(ctx: typer.Context | None) -> str:
-    if ctx is not None and session(ctx).had_token:
-        return (
-            "Your session has expired or is not valid here: run `musketeer login USERNAME` again."
-        )
+    """What to do about a 401, depending on where the refused token (if any) came from."""
+    current = session(ctx) if ctx is not None else Session()
+    source = current.token_source
+    if current.had_token and source == ENV_TOKEN:
+        return ("MUSKETEER_TOKEN is set and the API refused it: `unset MUSKETEER_TOKEN` to use "
+                "your saved login (or set it to a valid token).")
+    if current.had_token:
+        who = source.removeprefix("the saved login of ") if source else "USERNAME"
+        return (f"Your session has expired or is not valid here: run `musketeer login {who}` again.")
+    if source:  # `--as USER` without a login of theirs here
+        return f"There is {source}. {LOGIN_HINT}"
     return "You are not logged in to this API. " + LOGIN_HINT
 
 
