@@ -14,7 +14,7 @@ import numpy as np
 from aggregator.broadcast import Broadcaster
 from aggregator.checkpoint import restore
 from aggregator.collect import Collector
-from aggregator.model import build_initial, check_model_choice, evaluation_data
+from aggregator.model import build_initial, check_before_start, evaluation_data
 from aggregator.quorum import wait_for_quorum
 from aggregator.record import Recorder
 from aggregator.round import run_round
@@ -63,7 +63,7 @@ class Aggregator:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
         # Before anything is waited for or started: a bad model file fails now, not the task.
-        check_model_choice(task, self.options)
+        check_before_start(task, self.options)
         broadcaster = Broadcaster(ResilientWriter(self.bootstrap, on_retry=self.progress), task)
         try:
             with EventFeed(self.bootstrap, self.events_topic) as feed:

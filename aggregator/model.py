@@ -19,8 +19,9 @@ from schema.definition import USER_MODEL
 Array = np.ndarray[Any, Any]
 
 
-def check_model_choice(task: Task, options: AggregatorOptions) -> None:
-    """Refuse, before the task starts, a model file the definition does not ask for or cannot use."""
+def check_before_start(task: Task, options: AggregatorOptions) -> None:
+    """Refuse, before the task starts, a model file it does not ask for or cannot use, and eval
+    data that cannot be read: such mistakes would otherwise fail the task for good."""
     named = task.definition.get("model")
     if named == USER_MODEL and not options.model_file:
         raise AggregationFailed(f"task '{task.name}' trains the creator's own model (\"model\": "
@@ -31,6 +32,9 @@ def check_model_choice(task: Task, options: AggregatorOptions) -> None:
                                 f"\"{USER_MODEL}\" (its participants must know what they train)")
     if options.model_file:
         load_user_model(options.model_file)  # ModelError, naming the file, if it is unusable
+    if options.eval_data:
+        load_dataset(options.eval_data, data_dir=options.eval_data_dir, shard=options.eval_shard,
+                     seed=options.seed)  # DataError naming the file, flag or shard at fault
 
 
 def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,

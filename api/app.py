@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import Services
 from api.errors import InvalidInput, MusketeerError, error_body, http_status
-from api.routes import audit, ops, tasks, training, users
+from api.routes import audit, docs, ops, tasks, training, users
 from api.settings import Settings
 
 log = logging.getLogger("musketeer.api")
@@ -42,11 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Federated learning platform: users, tasks, memberships and the audit log.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/routes/docs.py from local assets, not a CDN
+        redoc_url=None,
     )
     app.middleware("http")(_request_id)
     _install_error_handlers(app)
     for router in (ops.router, users.router, tasks.router, audit.router, training.router):
         app.include_router(router)
+    docs.install(app)
     return app
 
 

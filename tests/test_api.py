@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 SEED_DEFINITION = {
     "quorum": 2, "round": 5, "epoch": 2, "batch_size": 128, "learning_rate": 0.001,
     "training_size": 4000, "test_size": 1000, "aggregator": "neural_network.Aggregator",
+    "model": "mnist-cnn",
 }
 
 
@@ -42,7 +43,8 @@ class User:
         return self.http.delete(path, headers=self.auth)
 
     def create_task(self, name: str | None = None, **definition: Any) -> dict[str, Any]:
-        body = {"name": name or unique("task"), "definition": {"quorum": 1, "rounds": 2, **definition}}
+        body = {"name": name or unique("task"), "definition": {"quorum": 1, "rounds": 2, "model": "digits-mlp",
+                                                                 **definition}}
         response = self.post("/v1/tasks", json=body)
         assert response.status_code == 201, response.text
         return response.json()
@@ -172,6 +174,8 @@ def test_create_task_normalises_the_seed_definition_and_creates_topics(
     ({"rounds": 1}, "quorum"),
     ({"quorum": 1125899906842623, "rounds": 1}, "quorum"),  # beyond PostgreSQL's int (fuzzer)
     ({"quorum": 1, "rounds": 1, "max_participants": 2**40}, "max_participants"),
+    ({"quorum": 1, "rounds": 1, "model": "resnet-9000"}, "unknown model 'resnet-9000'"),
+    ({"quorum": 1, "rounds": 1}, "no model"),
 ])
 def test_create_task_rejects_a_bad_definition(http: httpx.Client, definition: dict[str, Any],
                                               words: str) -> None:
@@ -189,10 +193,11 @@ def test_text_the_database_cannot_store_is_a_422_and_nothing_is_stored(http: htt
     description: 422 naming where, not a 500, and no task (the fuzzer found the definition case)."""
     alice = register(http)
     for body, where in (
-        ({"definition": {"quorum": 1, "rounds": 1, "note\u0000": 1}}, "definition"),
-        ({"definition": {"quorum": 1, "rounds": 1, "extra": {"a": ["ok", "b\u0000"]}}},
+        ({"definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp", "note\u0000": 1}}, "definition"),
+        ({"definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp", "extra": {"a": ["ok", "b\u0000"]}}},
          "definition.extra.a[1]"),
-        ({"definition": {"quorum": 1, "rounds": 1}, "description": "MNIST\u0000"}, "description"),
+        ({"definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}, "description": "MNIST\u0000"},
+         "description"),
     ):
         name = unique("nul")
         error = assert_error(alice.post("/v1/tasks", json={"name": name, **body}), 422, "invalid_input")
@@ -202,7 +207,7 @@ def test_text_the_database_cannot_store_is_a_422_and_nothing_is_stored(http: htt
 
 def test_create_task_needs_a_token(http: httpx.Client) -> None:
     """Commands are authorised: no token, no task."""
-    body = {"name": unique("t"), "definition": {"quorum": 1, "rounds": 1}}
+    body = {"name": unique("t"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}
     assert_error(http.post("/v1/tasks", json=body), 401)
 
 
@@ -211,7 +216,7 @@ def test_idempotent_create_returns_the_first_result_and_appends_nothing(
 ) -> None:
     """A retried POST with the same Idempotency-Key gives the same task and one event."""
     alice = register(http)
-    body = {"name": unique("idem"), "definition": {"quorum": 1, "rounds": 1}}
+    body = {"name": unique("idem"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = alice.post("/v1/tasks", json=body, headers=key)
     second = alice.post("/v1/tasks", json=body, headers=key)
@@ -221,7 +226,7 @@ def test_idempotent_create_returns_the_first_result_and_appends_nothing(
         count = conn.execute("SELECT count(*) FROM events WHERE type = 'TaskCreated'"
                              " AND data->>'name' = %s", (body["name"],)).fetchone()[0]
     assert count == 1
-    other = {"name": unique("other"), "definition": {"quorum": 1, "rounds": 1}}
+    other = {"name": unique("other"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}
     assert_error(alice.post("/v1/tasks", json=other, headers=key), 409, "idempotency_key_reused")
 
 

@@ -32,12 +32,18 @@ STATUS_STYLE = {
 
 def out() -> Console:
     """A console on the current stdout (created per use, so test runners capture it)."""
-    return Console(highlight=False)
+    return unwrapped_off_terminal(Console(highlight=False))
 
 
 def err() -> Console:
     """A console on the current stderr."""
-    return Console(stderr=True, highlight=False)
+    return unwrapped_off_terminal(Console(stderr=True, highlight=False))
+
+
+def unwrapped_off_terminal(console: Console) -> Console:
+    """Wrap lines only on a terminal: a log or a pipe gets each message whole, on one line."""
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def print_json(data: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from client import AuthenticationError, ClientError, MusketeerClient
+from client import AuthenticationError, ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
 from client.credentials import ENV_TOKEN
 from client.profile import Profile, environment_password
@@ -50,8 +50,13 @@ PasswordStdin = Annotated[
 # --- the session: how commands get a client ---------------------------------------
 
 
+# Someone is waiting at the terminal: a brief API restart is waited out, a platform that is
+# not running is reported within seconds (the daemons wait five minutes, saying so).
+INTERACTIVE_RETRY = RetryPolicy(total_wait=3.0)
+
+
 def client_from_profile(api_url: str | None) -> MusketeerClient:
-    return MusketeerClient.from_profile(api_url=api_url)
+    return MusketeerClient.from_profile(api_url=api_url, retry=INTERACTIVE_RETRY)
 
 
 @dataclass
