@@ -105,7 +105,6 @@ class TaskDefinition(BaseModel):
         if self.algorithm not in ALGORITHMS:
             known = ", ".join(sorted(ALGORITHMS))
             raise ValueError(f"unknown algorithm '{self.algorithm}' (known: {known})")
-        self._check_model()
         if (self.min_updates is not None and self.max_participants is not None
                 and self.min_updates > self.max_participants):
             raise ValueError(
@@ -116,6 +115,7 @@ class TaskDefinition(BaseModel):
             raise ValueError(
                 f"max_participants ({self.max_participants}) is below quorum ({self.quorum})"
             )
+        self._check_model()
         return self
 
     def _check_model(self) -> None:
