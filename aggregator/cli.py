@@ -44,7 +44,10 @@ def aggregate(
 ) -> None:
     """Wait for the quorum, then run every round of TASK: broadcast, FedAvg, evaluate, record."""
     from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions, QuorumNotReached
+    from ml.data.dataset import plain_data_warnings
     from ml.keras_model import ModelError
+
+    plain_data_warnings()
 
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,
                                 eval_shard=eval_shard, model_file=model, seed=eval_seed,

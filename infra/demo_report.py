@@ -27,19 +27,26 @@ def round_line(entry: Round, total: int) -> str:
     return ", ".join(parts)
 
 
-def final_evaluation(client: MusketeerClient, name: str, eval_args: list[str]) -> dict[str, Any]:
-    """Download the final model through the API and score it on the held-out data."""
+def final_model(client: MusketeerClient, name: str) -> tuple[str, Any, ModelMeta]:
+    """The task's final model, downloaded through the API: (digest, Keras model, meta)."""
     # Lazy: TensorFlow loads only once the results are due, not for `musketeer --help`.
-    from ml.data import load_dataset
-    from ml.keras_model import compile_model, confusion_matrix, evaluate, model_from_json
+    from ml.keras_model import compile_model, model_from_json
     from ml.payload import read_model_payload
-    from ml.prepare import prepare
 
     digest, content = client.download_model(name)
     meta, weights = read_model_payload(content)
     model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
     model.set_weights(weights)
-    args = dict(zip(eval_args[::2], eval_args[1::2]))
+    return digest, model, meta
+
+
+def final_evaluation(digest: str, model: Any, meta: ModelMeta, eval_args: list[str]) -> dict[str, Any]:
+    """Score the final model on the held-out data: accuracy, loss and the confusion matrix."""
+    from ml.data import load_dataset
+    from ml.keras_model import confusion_matrix, evaluate
+    from ml.prepare import prepare
+
+    args = eval_options(eval_args)
     dataset = load_dataset(args["--eval-data"], shard=args.get("--eval-shard"),
                            seed=int(args.get("--eval-seed", 0)))
     held_out = prepare(dataset, meta.input_shape, *standardisation(meta))
@@ -47,6 +54,11 @@ def final_evaluation(client: MusketeerClient, name: str, eval_args: list[str]) -
     matrix = confusion_matrix(model, held_out)
     return {"model_sha256": digest, "accuracy": metrics["accuracy"], "loss": metrics["loss"],
             "samples": len(held_out), "confusion_matrix": matrix.tolist()}
+
+
+def eval_options(eval_args: list[str]) -> dict[str, str]:
+    """The aggregator's eval flags as a dict (`--eval-data` -> `welding`, ...)."""
+    return dict(zip(eval_args[::2], eval_args[1::2]))
 
 
 def standardisation(meta: ModelMeta) -> tuple[Any, Any]:

@@ -37,10 +37,11 @@ def participate(
     The local data is loaded and checked first (exit 1 naming the problem); then the daemon
     says which tasks it waits for, and trains each as it starts.
     """
-    from ml.data.dataset import DataError
+    from ml.data.dataset import DataError, plain_data_warnings
     from participant.daemon import DataOptions, ParticipantDaemon, TaskStopped
     from participant.training import TrainingError
 
+    plain_data_warnings()
     options = {"label_column": label_column, "robot": robot}
     data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,
                        options={k: v for k, v in options.items() if v is not None})

@@ -161,7 +161,8 @@ class TaskWorker:
         self._sent = _Sent(round_no, trained.payload, message_id)
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
-        self.say(f"round {round_no}: trained in {trained.seconds:.1f} s; local test {shown}")
+        tested = f"local test {shown}" if shown else "no local test (the task sets no test_size)"
+        self.say(f"round {round_no}: trained in {trained.seconds:.1f} s; {tested}")
 
     def _send(self, writer: ResilientWriter, kind: str, round_no: int, payload: bytes,
               message_id: str | None = None) -> str:
@@ -183,7 +184,9 @@ class TaskWorker:
         report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":
                   self.rounds_trained, "local_test_metrics": metrics}
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        self.say(f"final model saved to {model_path} (sha256 {digest[:12]}…)")
+        # The digest is the bundle's (as TaskCompleted records it), not the .keras file's.
+        self.say(f"final model saved to {model_path}; {folder / 'model.bundle'}, as broadcast, "
+                 f"has sha256 {digest[:12]}… (the task's final digest)")
         return WorkerResult(self.task.name, self.rounds_trained, digest, model_path, metrics)
 
     def _already_recorded(self, round_no: int) -> bool:

@@ -10,7 +10,8 @@ Specs are `NAME` or `NAME:ARGUMENT`:
 - `csv:PATH`              a header row, numeric features and an integer label column named by
                           option `label_column`; option `num_classes`
 - `welding[:ROBOT]`       seeded synthetic welding data (ml.data.welding), ROBOT FPS2 or
-                          FPD2 (both when omitted); options `robot`, `samples` (per robot)
+                          FPD2 (both when omitted); options `robot`, `samples` (per robot;
+                          default: each robot's own row count)
 
 Relative paths are read from `data_dir` when it is given. Both daemons use this module: the
 participant for its local data, the aggregator for its `--eval-data`.
@@ -32,7 +33,6 @@ from ml.data.dataset import DataError, Dataset, DataWarning
 from ml.data.mnist import load_mnist
 from ml.data.welding import load_welding
 
-DEFAULT_WELDING_SAMPLES = 2000
 # Options the `participate` command takes as flags; errors name the flag, not the keyword.
 OPTION_FLAGS = {"label_column": "--label-column", "robot": "--robot"}
 
@@ -163,7 +163,7 @@ def _welding(argument: str | None, base: Path | None, seed: int,
     robot = options.get("robot", argument)
     if argument is not None and robot != argument:
         raise DataError(f"welding:{argument} and --robot {robot} disagree")
-    samples = _int_option(options, "samples", DEFAULT_WELDING_SAMPLES)
+    samples = _int_option(options, "samples", 0) if "samples" in options else None
     return load_welding(robot, samples, seed)
 
 
