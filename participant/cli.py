@@ -38,15 +38,23 @@ def participate(
     says which tasks it waits for, and trains each as it starts.
     """
     from ml.data.dataset import DataError, plain_data_warnings
-    from participant.daemon import DataOptions, ParticipantDaemon, TaskStopped
-    from participant.training import TrainingError
+    from participant.data import DataOptions
 
     plain_data_warnings()
     options = {"label_column": label_column, "robot": robot}
     data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,
                        options={k: v for k, v in options.items() if v is not None})
     try:
-        data.load()  # first: bad data stops the daemon before it contacts anyone
+        # First, before TensorFlow loads: bad data stops the daemon at once, before it
+        # contacts anyone.
+        data.load()
+    except DataError as exc:
+        show.print_failure(str(exc))
+        raise typer.Exit(1) from None
+    from participant.daemon import ParticipantDaemon, TaskStopped
+    from participant.training import TrainingError
+
+    try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
                                               on_wait=show.out().print)

@@ -11,7 +11,6 @@ from math import prod
 from typing import Any
 
 from ml.data import DataError, Dataset, load_dataset
-from ml.registry import model_spec
 from schema.definition import REGISTRY_MODELS
 
 
@@ -38,6 +37,8 @@ class DataOptions:
         model = definition.get("model")
         if model not in REGISTRY_MODELS:
             return  # the creator's own model: its shape is known when its architecture arrives
+        from ml.registry import model_spec  # here: TensorFlow loads only once data is fine
+
         dataset, spec = self.load(), model_spec(str(model))
         features, expected = prod(dataset.x.shape[1:]), prod(spec.input_shape)
         if features != expected:

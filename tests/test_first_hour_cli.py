@@ -20,6 +20,7 @@ from tests.conftest import ApiProcess, unique
 pytestmark = pytest.mark.integration
 
 MUSKETEER = str(Path(sys.executable).parent / "musketeer")
+ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "first-hour-pass"
 
 
@@ -40,10 +41,14 @@ class Shell:
             assert done.returncode == code, f"musketeer {' '.join(args)} exited {done.returncode}:\n{output}"
         return output
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Run `musketeer ARGS` in the background, output in a pipe."""
-        return subprocess.Popen([MUSKETEER, *args], env=self.env, cwd=self.home, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return subprocess.Popen([MUSKETEER, *args], env={**self.env, **(extra or {})}, cwd=self.home,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def as_(self, user: str) -> dict[str, str]:
+        """The environment of `user`'s own terminal: their credentials file (see `people`)."""
+        return {"MUSKETEER_CREDENTIALS": str(self.home / f"{user}.credentials.json")}
 
 
 def machine(tmp_path: Path, api: ApiProcess, broker: Any, topic_prefix: str, name: str = "pc") -> Shell:
@@ -54,17 +59,21 @@ def machine(tmp_path: Path, api: ApiProcess, broker: Any, topic_prefix: str, nam
     (platform_dir / "profile.json").write_text(json.dumps(
         {"api_url": api.url, "kafka_bootstrap_servers": broker.bootstrap, "topic_prefix": topic_prefix}))
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(home),
+           "PYTHONPATH": str(ROOT),  # this checkout's code, wherever the venv was installed from
            "COLUMNS": "200", "MUSKETEER_PROFILE": str(platform_dir / "profile.json"),
            "MUSKETEER_PASSWORD": PASSWORD, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
     return Shell(home, env)
 
 
 def people(shell: Shell, *prefixes: str) -> list[str]:
-    """Register one user per prefix (unique names) and log each in; the last one is current."""
+    """Register one user per prefix (unique names) and log each in, in the shared credentials
+    (the last one current) and in a file of their own (`shell.as_(name)`, for the tests of
+    other items, which must not lean on named logins)."""
     names = [unique(prefix) for prefix in prefixes]
     for name in names:
         shell.run("register", name, "--organization", "Org")
         shell.run("login", name)
+        shell.run("login", name, extra=shell.as_(name))
     return names
 
 
@@ -122,13 +131,14 @@ def test_a_user_model_task_checks_the_file_at_aggregate_before_it_starts(shell: 
     exits 1 naming it, before the quorum wait, and the task stays CREATED."""
     alice, john = people(shell, "alice", "john")
     name = unique("usermodel")
-    shell.run("--as", alice, "tasks", "create", name, "--quorum", "1", "--rounds", "1", "--model", "user")
-    shell.run("--as", john, "tasks", "join", name)
+    shell.run("tasks", "create", name, "--quorum", "1", "--rounds", "1", "--model", "user",
+                  extra=shell.as_(alice))
+    shell.run("tasks", "join", name, extra=shell.as_(john))
     not_keras = shell.home / "model.keras"
     not_keras.write_bytes(b"not a zip file")
 
-    without = shell.run("--as", alice, "aggregate", name, code=1)
-    broken = shell.run("--as", alice, "aggregate", name, "--model", str(not_keras), code=1)
+    without = shell.run("aggregate", name, code=1, extra=shell.as_(alice))
+    broken = shell.run("aggregate", name, "--model", str(not_keras), code=1, extra=shell.as_(alice))
 
     assert "give the Keras file with --model FILE.keras" in without
     assert f"{not_keras}: not a readable .keras file" in broken
@@ -143,8 +153,9 @@ def test_participate_checks_its_data_at_start_up_and_says_what_it_waits_for(shel
     take) exits 1 at once naming the problem; good data prints what the daemon waits for."""
     alice, john = people(shell, "alice", "john")
     name = unique("waiting")
-    shell.run("--as", alice, "tasks", "create", name, "--quorum", "2", "--rounds", "1", "--model", "digits-mlp")
-    shell.run("--as", john, "tasks", "join", name)
+    shell.run("tasks", "create", name, "--quorum", "2", "--rounds", "1", "--model", "digits-mlp",
+                  extra=shell.as_(alice))
+    shell.run("tasks", "join", name, extra=shell.as_(john))
     csv = shell.home / "site.csv"
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n")
     cases = {
@@ -154,8 +165,10 @@ def test_participate_checks_its_data_at_start_up_and_says_what_it_waits_for(shel
         "wrong shape": (["--dataset", "welding"], "takes 64 values per sample"),
     }
     started = time.monotonic()
-    bad = {label: shell.start("--as", john, "participate", name, *args) for label, (args, _) in cases.items()}
-    good = shell.start("--as", john, "participate", name, "--dataset", "digits", "--shard", "1/2")
+    bad = {label: shell.start("participate", name, *args, extra=shell.as_(john))
+           for label, (args, _) in cases.items()}
+    good = shell.start("participate", name, "--dataset", "digits", "--shard", "1/2",
+                       extra=shell.as_(john))
     try:
         for label, process in bad.items():
             output, _ = process.communicate(timeout=120)
@@ -192,15 +205,16 @@ def test_quorum_timeout_leaves_the_task_open_unless_asked_to_fail_it(shell: Shel
     alice, john = people(shell, "alice", "john")
     open_task, failed_task = unique("open"), unique("fail")
     for name in (open_task, failed_task):
-        shell.run("--as", alice, "tasks", "create", name, "--quorum", "2", "--rounds", "1", "--model", "digits-mlp")
+        shell.run("tasks", "create", name, "--quorum", "2", "--rounds", "1", "--model", "digits-mlp",
+                  extra=shell.as_(alice))
 
-    kept = shell.run("--as", alice, "aggregate", open_task, "--quorum-timeout", "2", code=3)
-    failed = shell.run("--as", alice, "aggregate", failed_task, "--quorum-timeout", "2",
-                       "--fail-on-quorum-timeout", code=3)
+    kept = shell.run("aggregate", open_task, "--quorum-timeout", "2", code=3, extra=shell.as_(alice))
+    failed = shell.run("aggregate", failed_task, "--quorum-timeout", "2", "--fail-on-quorum-timeout",
+                       code=3, extra=shell.as_(alice))
 
     assert "quorum not reached in 2 s: 0 of 2 participants joined" in kept
     assert "the task stays open for joins" in kept
-    shell.run("--as", john, "tasks", "join", open_task)
+    shell.run("tasks", "join", open_task, extra=shell.as_(john))
     assert json.loads(shell.run("tasks", "show", open_task, "--json"))["status"] == "CREATED"
     shown = json.loads(shell.run("tasks", "show", failed_task, "--json"))
     assert shown["status"] == "FAILED" and "quorum not reached" in shown["failure_reason"]
@@ -218,8 +232,9 @@ def test_show_history_and_rounds_say_what_the_readme_promises(shell: Shell, api:
     alice, john = people(shell, "alice", "john")
     done, failed = unique("done"), unique("failed")
     for name in (done, failed):
-        shell.run("--as", alice, "tasks", "create", name, "--quorum", "1", "--rounds", "1", "--model", "digits-mlp")
-        shell.run("--as", john, "tasks", "join", name)
+        shell.run("tasks", "create", name, "--quorum", "1", "--rounds", "1", "--model", "digits-mlp",
+                  extra=shell.as_(alice))
+        shell.run("tasks", "join", name, extra=shell.as_(john))
     owner = MusketeerClient(api.url)
     owner.login(alice, PASSWORD)
     for name in (done, failed):
