@@ -1,4 +1,5 @@
-"""Each reason the aggregator refuses an update, one fast test apiece, through the public
+"""Each reason the aggregator refuses an update, one fast test apiece (the six that had none and the
+six the slow end-to-end test in test_hostile_updates.py covers), through the public
 functions of aggregator/verify.py (`Gate`, `envelope_problem`) and aggregator/fold.py
 (`fold_update`). The recorder is a stand-in that keeps what it would send to the API."""
 
@@ -18,7 +19,7 @@ from schema import dataplane
 from schema.dataplane import UpdateMeta
 from streams.codec import ArrayBundle, encode_bundle, keras_weights_to_bundle
 from streams.framing import Payload
-from streams.reader import Received
+from streams.reader import Received, Rejected
 
 TASK = "task-1"
 PEOPLE = ["jack", "john"]
@@ -135,14 +136,68 @@ def test_malformed_update_metadata_is_refused(meta: dict[str, Any]) -> None:
     assert average.count == 0
 
 
-def test_envelope_problem_names_each_check_in_order() -> None:
-    """The envelope checks, straight from envelope_problem: stranger, stale and duplicate too."""
+def test_a_stale_update_is_refused() -> None:
+    """Round 1's update while round 2 is open: "stale update", recorded."""
+    checker, recorder = gate()
+
+    assert checker.accept(delivery(update(), round_no=1), 2, dataplane.UPDATE, set()) is None
+    assert only_reason(recorder) == "stale update for round 1 (now round 2)"
+
+
+def test_a_second_update_from_a_sender_is_refused_as_a_duplicate() -> None:
+    """john already counted this round: his next update is "duplicate update", recorded."""
+    checker, recorder = gate()
+
+    assert checker.accept(delivery(update(), message_id="m-2"), 1, dataplane.UPDATE, {"john"}) is None
+    assert only_reason(recorder) == "duplicate update from john for round 1"
+
+
+def test_an_unknown_sender_is_refused() -> None:
+    """mallory is no participant: "unknown sender", recorded under her name."""
+    checker, recorder = gate()
+
+    assert checker.accept(delivery(update(), sender="mallory"), 1, dataplane.UPDATE, set()) is None
+    assert only_reason(recorder) == "unknown sender 'mallory' (not a participant of this task)"
+    assert recorder.rejections[0][1] == "mallory"
+
+
+def test_a_refused_frame_is_recorded_with_the_readers_reason() -> None:
+    """Garbage on the topic reaches the gate as a Rejected delivery: recorded as it was refused."""
+    checker, recorder = gate()
+    garbage = Rejected(reason="frame without envelope headers", envelope=None, topic="updates",
+                       partition=0, offset=7)
+
+    assert checker.accept(garbage, 1, dataplane.UPDATE, set()) is None
+    assert recorder.rejections == [(1, "unknown", "frame without envelope headers", None)]
+
+
+def test_weights_of_the_wrong_shape_are_refused() -> None:
+    """A flattened array where a matrix belongs: refused naming the array and both shapes."""
+    average = for_round({}, GLOBAL)
+    weights = [np.ones(6, dtype=np.float32), np.ones(2, dtype=np.float32)]
+    bundle = keras_weights_to_bundle(weights, UpdateMeta(samples=5, test_samples=1).model_dump())
+
+    outcome = fold_update(average, Accepted("john", "m-1", bundle))
+
+    assert outcome == Refused("array 0 has shape (6,), expected (3, 2)")
+    assert average.count == 0
+
+
+def test_non_finite_weights_are_refused() -> None:
+    """A NaN in the weights would poison the average: refused, unfolded."""
+    average = for_round({}, GLOBAL)
+    weights = [np.full((3, 2), np.nan, dtype=np.float32), np.ones(2, dtype=np.float32)]
+    bundle = keras_weights_to_bundle(weights, UpdateMeta(samples=5, test_samples=1).model_dump())
+
+    outcome = fold_update(average, Accepted("john", "m-1", bundle))
+
+    assert outcome == Refused("array 0 holds NaN or infinite values")
+    assert average.count == 0
+
+
+def test_envelope_problem_finds_nothing_wrong_with_a_fitting_envelope() -> None:
+    """The control for the envelope checks: the right task, sender, kind and round pass."""
     payload = delivery(b"x").payload
 
     assert envelope_problem(payload, TASK, 1, dataplane.UPDATE, PEOPLE, set()) is None
-    assert envelope_problem(payload, TASK, 2, dataplane.UPDATE, PEOPLE, set()) == \
-        "stale update for round 1 (now round 2)"
-    assert envelope_problem(payload, TASK, 1, dataplane.UPDATE, PEOPLE, {"john"}) == \
-        "duplicate update from john for round 1"
-    assert envelope_problem(payload, TASK, 1, dataplane.UPDATE, ["jack"], set()) == \
-        "unknown sender 'john' (not a participant of this task)"
+    assert envelope_problem(payload, TASK, 1, dataplane.STATS, PEOPLE, set()) is not None

@@ -208,3 +208,30 @@ def test_tensorflow_starts_without_a_word_on_stderr() -> None:
                           capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+# --- item 8: the welding comparison ----------------------------------------------------------------
+
+
+def test_the_welding_comparison_scores_both_models_per_robot_and_together() -> None:
+    """Rows for FPS2, FPD2 and both, with the held-out counts; on a small budget (1 round of
+    2 epochs) both models still beat the majority class by far: the classes are learnable."""
+    from infra.demo_compare import compare, comparison_table, train_centralised
+    from schema.dataplane import ModelMeta
+
+    definition = {"quorum": 2, "rounds": 1, "epochs": 2, "batch_size": 128, "test_size": 200,
+                  "model": "welding-mlp"}
+    meta = ModelMeta(architecture="{}", model="welding-mlp", input_shape=[4], num_classes=4,
+                     learning_rate=0.001, epochs=2, batch_size=128, rounds=1,
+                     feature_mean=None, feature_std=None)
+    stand_in, mean, std = train_centralised("t-fed", definition, meta)  # the "federated" model
+    meta = meta.model_copy(update={"feature_mean": mean.tolist(), "feature_std": std.tolist()})
+
+    rows = compare(stand_in, meta, "t-1", definition, eval_seed=7)
+
+    assert [(r["test data"], r["samples"]) for r in rows] == [("FPS2", 2400), ("FPD2", 1600), ("both", 4000)]
+    assert all(r["federated"] > 0.6 and r["centralised"] > 0.6 for r in rows), rows
+    console = Console(width=120, record=True)
+    console.print(comparison_table(rows, "test budget"))
+    text = console.export_text()
+    assert "FPD2" in text and "88.94%" in text and "89.83%" in text
