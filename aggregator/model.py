@@ -23,7 +23,8 @@ def check_before_start(task: Task, options: AggregatorOptions) -> None:
     """Refuse, before the task starts, a model file it does not ask for or cannot use, and eval
     data that cannot be read: such mistakes would otherwise fail the task for good."""
     named = task.definition.get("model")
-    if named == USER_MODEL and not options.model_file:
+    # A task resumed after a recorded round rebuilds its model from that checkpoint: no file needed.
+    if named == USER_MODEL and not options.model_file and task.rounds_completed == 0:
         raise AggregationFailed(f"task '{task.name}' trains the creator's own model (\"model\": "
                                 f"\"{USER_MODEL}\"): give the Keras file with --model FILE.keras")
     if options.model_file and named not in (USER_MODEL, None):
