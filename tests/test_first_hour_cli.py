@@ -46,6 +46,17 @@ class Shell:
         return subprocess.Popen([MUSKETEER, *args], env={**self.env, **(extra or {})}, cwd=self.home,
                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
+    def together(self, *commands: tuple[list[str], int], extra: dict[str, str] | None = None) -> list[str]:
+        """Run several `musketeer` commands at once (each pays TensorFlow's start-up): their
+        outputs, in order, each exit code checked."""
+        started = [(self.start(*args, extra=extra), args, code) for args, code in commands]
+        outputs = []
+        for process, args, code in started:
+            output, _ = process.communicate(timeout=180)
+            assert process.returncode == code, f"musketeer {' '.join(args)} exited {process.returncode}:\n{output}"
+            outputs.append(output)
+        return outputs
+
     def as_(self, user: str) -> dict[str, str]:
         """The environment of `user`'s own terminal: their credentials file (see `people`)."""
         return {"MUSKETEER_CREDENTIALS": str(self.home / f"{user}.credentials.json")}
@@ -132,13 +143,14 @@ def test_a_user_model_task_checks_the_file_at_aggregate_before_it_starts(shell: 
     alice, john = people(shell, "alice", "john")
     name = unique("usermodel")
     shell.run("tasks", "create", name, "--quorum", "1", "--rounds", "1", "--model", "user",
-                  extra=shell.as_(alice))
+              extra=shell.as_(alice))
     shell.run("tasks", "join", name, extra=shell.as_(john))
     not_keras = shell.home / "model.keras"
     not_keras.write_bytes(b"not a zip file")
 
-    without = shell.run("aggregate", name, code=1, extra=shell.as_(alice))
-    broken = shell.run("aggregate", name, "--model", str(not_keras), code=1, extra=shell.as_(alice))
+    without, broken = shell.together((["aggregate", name], 1),
+                                     (["aggregate", name, "--model", str(not_keras)], 1),
+                                     extra=shell.as_(alice))
 
     assert "give the Keras file with --model FILE.keras" in without
     assert f"{not_keras}: not a readable .keras file" in broken
@@ -208,9 +220,10 @@ def test_quorum_timeout_leaves_the_task_open_unless_asked_to_fail_it(shell: Shel
         shell.run("tasks", "create", name, "--quorum", "2", "--rounds", "1", "--model", "digits-mlp",
                   extra=shell.as_(alice))
 
-    kept = shell.run("aggregate", open_task, "--quorum-timeout", "2", code=3, extra=shell.as_(alice))
-    failed = shell.run("aggregate", failed_task, "--quorum-timeout", "2", "--fail-on-quorum-timeout",
-                       code=3, extra=shell.as_(alice))
+    kept, failed = shell.together(
+        (["aggregate", open_task, "--quorum-timeout", "2"], 3),
+        (["aggregate", failed_task, "--quorum-timeout", "2", "--fail-on-quorum-timeout"], 3),
+        extra=shell.as_(alice))
 
     assert "quorum not reached in 2 s: 0 of 2 participants joined" in kept
     assert "the task stays open for joins" in kept
