@@ -87,7 +87,26 @@ def test_an_oversized_model_upload_is_refused_before_it_is_read(api: ApiProcess)
 
     with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
         conn.sendall(request + b"\x00" * 1024)  # a first KiB of the 1 GiB it announced
-        answer = conn.recv(65536).decode(errors="replace")
+        answer = _read_response(conn)
 
     assert answer.startswith("HTTP/1.1 422"), answer
     assert f"the model is larger than {MAX_MODEL_BYTES} bytes" in answer
+
+
+def _read_response(conn: socket.socket) -> str:
+    """One whole HTTP response (headers, then as many body bytes as Content-Length says)."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def _content_length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
