@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from client import ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
-from client.daemonlog import LOG_FORMATS, DaemonLog
+from client.daemonlog import DaemonLog
 from client.profile import Profile
+
+if TYPE_CHECKING:  # the daemon loads TensorFlow: only `aggregate` itself imports it
+    from aggregator.run import AggregatorOptions
+
+# The exit status when the quorum did not join in time (1 is any other failure).
+QUORUM_NOT_REACHED = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -30,27 +36,40 @@ def aggregate(
     eval_seed: Annotated[int, typer.Option(
         help="Seed of generated eval data (welding): use one the participants do not.")] = 0,
     model: Annotated[str | None, typer.Option(
-        help="A Keras model file (.keras) to train instead of the definition's registry model.")] = None,
+        help="Your own Keras model file (.keras), for a task whose definition says \"model\": "
+             "\"user\"; checked before the task starts.")] = None,
     round_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for every update of a round before failing the task.")] = 900.0,
     quorum_timeout: Annotated[float | None, typer.Option(
-        help="Seconds to wait for the quorum (default: forever).")] = None,
+        help="Seconds to wait for the quorum (default: forever); then stop waiting and exit with "
+             "status 3, leaving the task open for joins.")] = None,
+    fail_on_quorum_timeout: Annotated[bool, typer.Option(
+        "--fail-on-quorum-timeout",
+        help="At the quorum timeout, fail the task for good (TaskFailed) instead.")] = False,
     api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
     log_format: Annotated[str, typer.Option(
         help="text: readable lines; json: one JSON object per line (one per round, with its "
              "numbers), for log shippers.")] = "text",
 ) -> None:
     """Wait for the quorum, then run every round of TASK: broadcast, FedAvg, evaluate, record."""
-    from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
+    from aggregator.daemon import AggregatorOptions
+    from ml.data.dataset import plain_data_warnings
 
+    plain_data_warnings()
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,
                                 eval_shard=eval_shard, eval_label_column=eval_label_column,
                                 model_file=model, seed=eval_seed,
-                                round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout)
-    if log_format not in LOG_FORMATS:
-        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}",
-                                 param_hint="--log-format")
-    progress = DaemonLog("aggregator", "json" if log_format == "json" else "text", show.out().print)
+                                round_timeout_s=round_timeout, quorum_timeout_s=quorum_timeout,
+                                fail_on_quorum_timeout=fail_on_quorum_timeout)
+    progress = show.daemon_log("aggregator", log_format)
+    _run(task, options, progress, api_url)
+
+
+def _run(task: str, options: AggregatorOptions, progress: DaemonLog, api_url: str | None) -> None:
+    """Run the aggregator; every failure becomes a message and an exit status, never a traceback."""
+    from aggregator.daemon import AggregationFailed, Aggregator, QuorumNotReached
+    from ml.keras_model import ModelError
+
     try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
@@ -59,7 +78,12 @@ def aggregate(
     except ClientError as exc:
         show.print_client_error(exc)
         raise typer.Exit(1) from None
-    except (AggregationFailed, ValueError, OSError) as exc:
+    except QuorumNotReached as exc:
+        kept = "the task FAILED" if options.fail_on_quorum_timeout else (
+            f"the task stays open for joins; run `musketeer aggregate {task}` again to wait anew")
+        show.print_failure(f"{exc}; {kept}")
+        raise typer.Exit(QUORUM_NOT_REACHED) from None
+    except (AggregationFailed, ModelError, ValueError, OSError) as exc:
         show.print_failure(str(exc))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -14,11 +14,18 @@ import numpy as np
 from aggregator.broadcast import Broadcaster
 from aggregator.checkpoint import restore
 from aggregator.collect import Collector
-from aggregator.model import build_initial, evaluation_data
+from aggregator.model import build_initial, check_before_start, evaluation_data
 from aggregator.quorum import start_when_keyed, wait_for_quorum
 from aggregator.record import Recorder
 from aggregator.round import round_timeout, run_round
-from aggregator.run import AggregationFailed, AggregatorOptions, Progress, RoundResult, TaskRun
+from aggregator.run import (
+    AggregationFailed,
+    AggregatorOptions,
+    Progress,
+    QuorumNotReached,
+    RoundResult,
+    TaskRun,
+)
 from aggregator.secure import secure_standardise
 from aggregator.standardise import standardise
 from aggregator.verify import Gate
@@ -38,7 +45,7 @@ from streams.reader import PayloadReader
 from streams.signing import Signer, Verifier
 from streams.writer import ResilientWriter
 
-__all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "RoundResult"]
+__all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "QuorumNotReached", "RoundResult"]
 
 
 class Aggregator:
@@ -63,6 +70,8 @@ class Aggregator:
         if task.creator != me:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
+        # Before anything is waited for or started: a bad model file fails now, not the task.
+        check_before_start(task, self.options)
         self.keys = KeyRing(self.keys_dir, me)
         key = ensure_registered(self.client, self.keys)
         self.progress(f"task {self.name}: signing as {me} with key {fingerprint_of(key)[:16]}…")
@@ -79,6 +88,11 @@ class Aggregator:
             # The key the task recorded for its creator signs every broadcast, even after a rotation.
             writer.sign_as(Signer(self.keys.recorded(task.keys, self.name)))
             self._train(task, broadcaster, resumed)
+        except QuorumNotReached as error:
+            # Nobody trains yet: the task stays open for joins unless the creator asked otherwise.
+            if self.options.fail_on_quorum_timeout:
+                self._give_up(broadcaster, str(error))
+            raise
         except BaseException as error:
             self._give_up(broadcaster, failure_reason(error))
             raise

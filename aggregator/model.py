@@ -14,8 +14,28 @@ from ml.keras_model import compile_model, keras, model_to_json
 from ml.registry import build_model, known_models, load_user_model, model_spec
 from ml.seeds import task_seed
 from schema.dataplane import ModelMeta
+from schema.definition import USER_MODEL
 
 Array = np.ndarray[Any, Any]
+
+
+def check_before_start(task: Task, options: AggregatorOptions) -> None:
+    """Refuse, before the task starts, a model file it does not ask for or cannot use, and eval
+    data that cannot be read: such mistakes would otherwise fail the task for good."""
+    named = task.definition.get("model")
+    # A task resumed after a recorded round rebuilds its model from that checkpoint: no file needed.
+    if named == USER_MODEL and not options.model_file and task.rounds_completed == 0:
+        raise AggregationFailed(f"task '{task.name}' trains the creator's own model (\"model\": "
+                                f"\"{USER_MODEL}\"): give the Keras file with --model FILE.keras")
+    if options.model_file and named not in (USER_MODEL, None):
+        raise AggregationFailed(f"task '{task.name}' trains the registry model {named!r}, so --model "
+                                f"FILE is not used; a task for your own file says \"model\": "
+                                f"\"{USER_MODEL}\" (its participants must know what they train)")
+    if options.model_file:
+        load_user_model(options.model_file)  # ModelError, naming the file, if it is unusable
+    if options.eval_data:
+        load_dataset(options.eval_data, data_dir=options.eval_data_dir, shard=options.eval_shard,
+                     seed=options.seed)  # DataError naming the file, flag or shard at fault
 
 
 def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,

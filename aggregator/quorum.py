@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from aggregator.collect import deadline_after
-from aggregator.run import AggregationFailed, Progress
+from aggregator.run import Progress, QuorumNotReached
 from client import ConflictError, MusketeerClient, Task
 from schema.lifecycle import TaskStatus
 from streams.eventlog import EventFeed
@@ -13,7 +13,7 @@ from streams.eventlog import EventFeed
 
 def wait_for_quorum(client: MusketeerClient, task: Task, feed: EventFeed, timeout_s: float | None,
                     progress: Progress) -> Task:
-    """The task once enough participants joined (or it left CREATED); AggregationFailed on timeout."""
+    """The task once enough participants joined (or it left CREATED); QuorumNotReached on timeout."""
     quorum = int(task.quorum or task.definition.get("quorum", 1))
     if task.status != TaskStatus.CREATED or task.participant_count >= quorum:
         return task
@@ -29,8 +29,8 @@ def wait_for_quorum(client: MusketeerClient, task: Task, feed: EventFeed, timeou
                 progress(f"task {task.name}: quorum reached ({task.participant_count}/{quorum})")
                 return task
         if time.monotonic() > deadline:
-            raise AggregationFailed(f"quorum not reached: {task.participant_count} of "
-                                    f"{quorum} participants joined")
+            raise QuorumNotReached(f"quorum not reached in {timeout_s:g} s: {task.participant_count} "
+                                   f"of {quorum} participants joined")
 
 
 def start_when_keyed(client: MusketeerClient, task: Task, feed: EventFeed, timeout_s: float | None,
@@ -49,6 +49,7 @@ def start_when_keyed(client: MusketeerClient, task: Task, feed: EventFeed, timeo
             progress(f"task {task.name}: waiting for the signing keys of {', '.join(missing)}")
             shown = list(missing)
         if time.monotonic() > deadline:
-            raise AggregationFailed(f"no signing key from {', '.join(missing)} in time: their daemons "
-                                    "register one when they start")
+            # Like a missing quorum: nobody trains yet, so the task stays open unless asked to fail.
+            raise QuorumNotReached(f"no signing key from {', '.join(missing)} in {timeout_s:g} s: their "
+                                   "daemons register one when they start")
         feed.poll(timeout_s=2.0)

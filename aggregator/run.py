@@ -21,6 +21,10 @@ class AggregationFailed(RuntimeError):
     """Training cannot go on; the message is recorded as the task's failure reason."""
 
 
+class QuorumNotReached(AggregationFailed):
+    """The quorum did not join within --quorum-timeout; the task stays open unless asked to fail."""
+
+
 @dataclass
 class AggregatorOptions:
     """How the aggregator runs a task."""
@@ -32,6 +36,8 @@ class AggregatorOptions:
     model_file: str | None = None
     round_timeout_s: float = 900.0
     quorum_timeout_s: float | None = None
+    # At the quorum timeout: False leaves the task open for joins, True records TaskFailed.
+    fail_on_quorum_timeout: bool = False
     seed: int = 0
 
 

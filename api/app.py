@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.deps import Services
 from api.errors import InvalidInput, MusketeerError, error_body, http_status
 from api.metrics import observe_requests
-from api.routes import audit, dashboard, keys, ops, tasks, training, users
+from api.routes import audit, dashboard, docs, keys, ops, tasks, training, users
 from api.settings import Settings
 
 log = logging.getLogger("musketeer.api")
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Federated learning platform: users, tasks, memberships and the audit log.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/routes/docs.py from local assets, not a CDN
+        redoc_url=None,
     )
     app.middleware("http")(_request_id)
     app.middleware("http")(observe_requests)
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (ops.router, users.router, keys.router, tasks.router, audit.router, training.router,
                    dashboard.router):
         app.include_router(router)
+    docs.install(app)
     return app
 
 
@@ -59,6 +62,11 @@ async def _request_id(request: Request, call_next: Any) -> Any:
     response = await call_next(request)
     response.headers["X-Request-ID"] = request.state.request_id
     return response
+
+
+def plain_message(message: str) -> str:
+    """A validation message without pydantic's "Value error, " prefix (our messages say what)."""
+    return message.removeprefix("Value error, ")
 
 
 def _error_response(error: MusketeerError) -> JSONResponse:
@@ -73,7 +81,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            {"loc": list(e.get("loc", ())), "msg": plain_message(e.get("msg", "")), "type": e.get("type", "")}
             for e in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}

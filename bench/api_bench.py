@@ -81,7 +81,8 @@ def bench_api(url: str, clients: int, ops: int, run: str) -> list[tuple[str, int
                           headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
             return [timed(lambda k=k: http.post("/v1/tasks", json={
                 "name": f"t{run}-{i}-{k}",
-                "definition": {"quorum": 1, "rounds": 1, "max_participants": clients}}), 201)
+                "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp",
+                               "max_participants": clients}}), 201)
                 for k in range(ops)]
 
     latencies, wall = run_concurrently(clients, create)

@@ -71,7 +71,7 @@ def cost_row(api: ApiProcess, bootstrap: str, work: Path, pom: int, n: int, para
     alice = member(api, "alice")
     sites = [member(api, f"site{i}") for i in range(n)]
     name = unique(f"cost-p{pom}-n{n}")
-    alice.client.create_task(name, {"quorum": n, "rounds": rounds, **POM_DEFINITION[pom]}, pom=pom)
+    alice.client.create_task(name, {"quorum": n, "rounds": rounds, "model": "user", **POM_DEFINITION[pom]}, pom=pom)
     for site in sites:
         site.client.join(name)
     model, _ = round_bench.build_model_file(params, work, name)

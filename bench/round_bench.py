@@ -201,7 +201,7 @@ def create_task(platform: Platform, params: int, n: int, rounds: int
     """A creator, a task with quorum n, and n participants who joined it."""
     tag = f"rb{platform.run}p{params}n{n}"
     creator = user(platform, f"{tag}-creator")
-    task = creator.create_task(f"{tag}-task", {"quorum": n, "rounds": rounds, "epochs": 1})
+    task = creator.create_task(f"{tag}-task", {"quorum": n, "rounds": rounds, "epochs": 1, "model": "user"})
     signers: dict[str, Signer] = {}
     for name in (f"{tag}-p{i}" for i in range(n)):
         client, signers[name] = keyed_user(platform, name)

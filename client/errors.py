@@ -122,12 +122,13 @@ _STATUS_CODE: dict[int, str] = {
 }
 
 
-def unreachable(api_url: str, exc: Exception) -> ServiceUnavailable:
+def unreachable(api_url: str, exc: Exception, origin: str | None = None) -> ServiceUnavailable:
     """The error for an API that cannot be reached, with what to do about it."""
+    where = f" ({origin})" if origin else ""
     return ServiceUnavailable(
-        f"cannot reach the Musketeer API at {api_url} ({type(exc).__name__}: {exc}). "
+        f"cannot reach the Musketeer API at {api_url}{where} ({type(exc).__name__}: {exc}). "
         "Is the platform running? Start it with `musketeer platform up`, "
-        "or point --api-url / MUSKETEER_API_URL at the right server.",
+        "or point --profile, --api-url or MUSKETEER_API_URL at the right server.",
         status=None,
         code="unreachable",
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from client.credentials import load_credentials, same_url
+from client.credentials import pick_token, same_url
 from client.endpoints import task_path as _task_path
 from client.errors import ServerError, error_from_response, unreachable
 from client.keys_api import KeysApi
@@ -29,7 +29,7 @@ from client.models import (
     User,
     VerifyReport,
 )
-from client.profile import Profile, environment_token
+from client.profile import Profile, describe_profile
 from client.retry import NO_RETRY, RetryPolicy, retry_after
 from client.training_api import TrainingApi
 
@@ -52,6 +52,9 @@ class MusketeerClient(KeysApi, TrainingApi):
     ) -> None:
         self.api_url = same_url(api_url)
         self.token = token
+        # Where the token and the address came from: errors say what to do about them.
+        self.token_source: str | None = None
+        self.origin: str | None = None
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         # Daemons pass a callback so a long wait says what it waits for.
@@ -70,19 +73,15 @@ class MusketeerClient(KeysApi, TrainingApi):
     def from_profile(
         cls, *, api_url: str | None = None, profile: Profile | None = None, **kwargs: Any
     ) -> MusketeerClient:
-        """A client for the platform in the profile, logged in with the saved credentials.
-
-        `MUSKETEER_TOKEN` overrides the saved token. Saved credentials are used only
-        for the API they were issued by, so a token never leaks to another server.
-        """
+        """A client for the platform in the profile, with the token `credentials.pick_token` picks."""
         profile = profile or Profile.load()
         url = same_url(api_url or profile.api_url)
-        token = environment_token()
-        if token is None:
-            saved = load_credentials(profile.credentials_path())
-            if saved is not None and saved.api_url == url:
-                token = saved.access_token
-        return cls(url, token, **kwargs)
+        token, source = pick_token(profile.credentials_path(), url)
+        client = cls(url, token, **kwargs)
+        client.token_source = source
+        # Said when the API cannot be reached: a missing profile is the usual reason.
+        client.origin = None if api_url else describe_profile()
+        return client
 
     # -- lifecycle
 
@@ -251,7 +250,7 @@ class MusketeerClient(KeysApi, TrainingApi):
                 safe = idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 delay = policy.delay(attempt, waited) if safe else None
                 if delay is None:
-                    raise unreachable(self.api_url, exc) from exc
+                    raise unreachable(self.api_url, exc, self.origin) from exc
                 why = f"cannot reach it ({type(exc).__name__})"
             else:
                 if response.status_code != 503 or not idempotent:

@@ -1,8 +1,9 @@
 """The profile: where the platform is (API URL, broker, database), like the seed's credentials file.
 
 `musketeer platform up` writes it; the CLI, the Python client and the daemons
-read it. Lookup order: `MUSKETEER_PROFILE`, then `./.musketeer/profile.json`,
-then `~/.musketeer/profile.json`. Environment variables (`MUSKETEER_API_URL`,
+read it. Lookup order: `--profile`, `MUSKETEER_PROFILE`, then `./.musketeer/profile.json`,
+then `~/.musketeer/profile.json`. `--as USER` (or `MUSKETEER_USER`) picks whose saved login
+the commands use. Environment variables (`MUSKETEER_API_URL`,
 `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `MUSKETEER_TOPIC_PREFIX`) win over what the
 file says. This module is the one place on the client side that reads the environment.
 """
@@ -23,8 +24,33 @@ def default_data_dir() -> Path:
     return Path.cwd() / ".musketeer"
 
 
+@dataclass
+class _Choice:
+    """What the command line chose for this process (`--profile`, `--as`); None: not chosen."""
+
+    profile: Path | None = None
+    user: str | None = None
+
+
+_chosen = _Choice()
+
+
+def choose(profile: Path | None = None, user: str | None = None) -> None:
+    """Use this profile (a file, or the folder `platform up --data-dir` made) and this user's login."""
+    if profile is not None and (profile.is_dir() or profile.suffix != ".json"):
+        profile = profile / "profile.json"
+    _chosen.profile, _chosen.user = profile, user
+
+
+def chosen_user() -> str | None:
+    """Whose saved login to use: `--as`, else `MUSKETEER_USER`, else the current one (None)."""
+    return _chosen.user or os.environ.get("MUSKETEER_USER") or None
+
+
 def profile_path() -> Path:
     """The profile file in force (it may not exist)."""
+    if _chosen.profile is not None:
+        return _chosen.profile
     explicit = os.environ.get("MUSKETEER_PROFILE")
     if explicit:
         return Path(explicit)
@@ -33,6 +59,25 @@ def profile_path() -> Path:
         return local
     home = Path.home() / ".musketeer" / "profile.json"
     return home if home.exists() else local
+
+
+def describe_profile() -> str:
+    """Where the client found its profile, or where it looked: for an error that says what to do."""
+    path = profile_path()
+    if _chosen.profile is not None:
+        origin = f"--profile {path}"
+    elif os.environ.get("MUSKETEER_PROFILE"):
+        origin = f"MUSKETEER_PROFILE={path}"
+    else:
+        local, home = default_data_dir() / "profile.json", Path.home() / ".musketeer" / "profile.json"
+        if not path.exists():
+            return (f"no profile found (looked for {local} and {home}); `musketeer platform up "
+                    "--data-dir DIR` writes DIR/profile.json: name it with --profile DIR "
+                    "(or MUSKETEER_PROFILE)")
+        origin = str(path)
+    if not path.exists():
+        return f"the profile {origin} does not exist"
+    return f"the address comes from the profile {origin}"
 
 
 @dataclass

@@ -22,11 +22,11 @@ from participant import cli as participant_cli
 
 app = typer.Typer(
     help="Musketeer: train one model together without moving the data.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=client_cli.HELP_MARKUP,
 )
 platform_app = typer.Typer(
     help="Run the local platform: embedded PostgreSQL, embedded broker and the API.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=client_cli.HELP_MARKUP,
 )
 app.add_typer(platform_app, name="platform")
 
@@ -59,8 +59,12 @@ def up_command(
         profile, api = platform.up(data_dir, api_port, steps, foreground=foreground)
     except (PlatformError, SettingsError) as exc:
         _fail(str(exc))
-    _out.print(f"platform up: API at [bold]{profile.api_url}[/bold], "
-               f"profile {platform.paths_for(data_dir).profile}")
+    profile_file = platform.paths_for(data_dir).profile
+    _out.print(f"platform up: API at [bold]{profile.api_url}[/bold], profile {profile_file}")
+    if data_dir.resolve() != default_data_dir().resolve():
+        # Commands look for ./.musketeer/profile.json: say how they find this one instead.
+        _out.print(f"other commands find it with `musketeer --profile {data_dir} ...` "
+                   f"or `export MUSKETEER_PROFILE={profile_file}`")
     if foreground:
         _out.print("running in the foreground; press Ctrl-C to stop")
         raise typer.Exit(platform.serve_foreground(data_dir, api, steps))
@@ -100,9 +104,9 @@ def demo_command(
         default_factory=default_data_dir, show_default="./.musketeer")],
     api_port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = platform.DEFAULT_API_PORT,
     dataset: Annotated[str, typer.Option(help="digits (offline, about a minute), mnist or welding.")] = "digits",
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Folder with the MNIST IDX gz files, e.g. ../shared/data/mnist "
-                           "(for --dataset mnist).")] = None,
+    mnist_dir: Annotated[Path | None, typer.Option(
+        "--mnist-dir", help="Folder with the MNIST IDX gz files, e.g. ../shared/data/mnist "
+                            "(for --dataset mnist; --platform-dir is where the platform lives).")] = None,
     report_dir: Annotated[Path, typer.Option(
         help="Where demo-report.json and demo-accuracy.png are written.")] = Path("."),
 ) -> None:
@@ -110,7 +114,7 @@ def demo_command(
     from infra.demo import run_demo
 
     try:
-        code = run_demo(platform_dir, api_port, dataset, data_dir, report_dir, _out)
+        code = run_demo(platform_dir, api_port, dataset, mnist_dir, report_dir, _out)
     except (PlatformError, SettingsError) as exc:
         _fail(str(exc))
     except ClientError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from client import MusketeerClient, Round
+from schema.dataplane import ModelMeta
 
 
 def round_line(entry: Round, total: int) -> str:
@@ -25,16 +26,28 @@ def round_line(entry: Round, total: int) -> str:
     return ", ".join(parts)
 
 
+def final_model(client: MusketeerClient, name: str) -> tuple[str, Any, ModelMeta]:
+    """The task's final model as the data plane carries it: (digest, Keras network, meta)."""
+    # Lazy: TensorFlow loads only once the results are due, not for `musketeer --help`.
+    from ml.keras_model import compile_model, model_from_json
+    from ml.payload import read_model_payload
+
+    digest, content = client.download_model(name)
+    meta, weights = read_model_payload(content)
+    model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
+    model.set_weights(weights)
+    return digest, model, meta
+
+
 def final_evaluation(client: MusketeerClient, name: str, eval_args: list[str]) -> dict[str, Any]:
     """Download the final model as a user would (a .keras file) and score it on raw held-out data."""
-    # Lazy: TensorFlow loads only once the results are due, not for `musketeer --help`.
     from ml.data import load_dataset
     from ml.export import load_keras_bytes, raw_inputs
     from ml.keras_model import confusion_matrix, evaluate
 
     digest, content = client.download_model(name, format="keras")
     model = load_keras_bytes(content)
-    args = dict(zip(eval_args[::2], eval_args[1::2]))
+    args = eval_options(eval_args)
     dataset = load_dataset(args["--eval-data"], shard=args.get("--eval-shard"),
                            seed=int(args.get("--eval-seed", 0)))
     # Raw features: the exported model standardises them itself when the task did.
@@ -43,6 +56,11 @@ def final_evaluation(client: MusketeerClient, name: str, eval_args: list[str]) -
     matrix = confusion_matrix(model, held_out)
     return {"model_sha256": digest, "accuracy": metrics["accuracy"], "loss": metrics["loss"],
             "samples": len(held_out), "confusion_matrix": matrix.tolist(), "keras_file": content}
+
+
+def eval_options(eval_args: list[str]) -> dict[str, str]:
+    """The aggregator's eval flags as a dict (`--eval-data` -> `welding`, ...)."""
+    return dict(zip(eval_args[::2], eval_args[1::2]))
 
 
 def results_table(rounds: list[Round]) -> Table:

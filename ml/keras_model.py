@@ -1,17 +1,17 @@
 """Keras models as they cross process boundaries: architecture JSON in, checked; metrics out.
 
-This is the one place that imports Keras (TensorFlow's logs are quietened here, before the
-import); both daemons use it, and `ml.registry` re-exports what a model's user needs.
+This is the one place that imports Keras (TensorFlow loads first, quietly: ml/tensorflow_quiet.py);
+both daemons use it, and `ml.registry` re-exports what a model's user needs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, or it is too late
+import ml.tensorflow_quiet  # noqa: F401  (first: TensorFlow loads with its start-up lines silenced)
 
+# isort: split
 import keras
 import numpy as np
 

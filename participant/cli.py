@@ -9,7 +9,6 @@ import typer
 
 from client import ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
-from client.daemonlog import LOG_FORMATS, DaemonLog
 from client.profile import Profile
 
 
@@ -26,7 +25,8 @@ def participate(
     data_dir: Annotated[str | None, typer.Option(help="Folder the local data lives in.")] = None,
     shard: Annotated[str | None, typer.Option(
         help="Use only part i/n of the data (1-based), e.g. 1/3; for demos on one dataset.")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column of a CSV file.")] = None,
+    label_column: Annotated[str | None, typer.Option(
+        help="The label column of a csv:FILE dataset (required for CSV).")] = None,
     robot: Annotated[str | None, typer.Option(help="Welding data: the site, FPS2 or FPD2.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling the local train/test split.")] = 0,
     output: Annotated[Path, typer.Option(help="Where final models are saved.")] = Path("models"),
@@ -35,17 +35,29 @@ def participate(
         help="text: readable lines; json: one JSON object per line (one per round, with its "
              "numbers), for log shippers.")] = "text",
 ) -> None:
-    """Train every round of the tasks you joined and save each final model under --output."""
-    from ml.data.dataset import DataError
-    from participant.daemon import DataOptions, ParticipantDaemon, TaskStopped
+    """Train every round of the tasks you joined and save each final model under --output.
 
+    The local data is loaded and checked first (exit 1 naming the problem); then the daemon
+    says which tasks it waits for, and trains each as it starts.
+    """
+    from ml.data.dataset import DataError, plain_data_warnings
+    from participant.data import DataOptions
+
+    plain_data_warnings()
     options = {"label_column": label_column, "robot": robot}
     data = DataOptions(dataset=dataset, data_dir=data_dir, shard=shard, seed=seed,
                        options={k: v for k, v in options.items() if v is not None})
-    if log_format not in LOG_FORMATS:
-        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}",
-                                 param_hint="--log-format")
-    progress = DaemonLog("participant", "json" if log_format == "json" else "text", show.out().print)
+    progress = show.daemon_log("participant", log_format)
+    try:
+        # First, before TensorFlow loads: bad data stops the daemon at once, before it
+        # contacts anyone.
+        data.load()
+    except DataError as exc:
+        show.print_failure(str(exc))
+        raise typer.Exit(1) from None
+    from participant.daemon import ParticipantDaemon, TaskStopped
+    from participant.training import TrainingError
+
     try:
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
@@ -56,7 +68,7 @@ def participate(
     except ClientError as exc:
         show.print_client_error(exc)
         raise typer.Exit(1) from None
-    except (TaskStopped, DataError, ValueError, OSError) as exc:
+    except (TaskStopped, TrainingError, DataError, ValueError, OSError) as exc:
         show.print_failure(str(exc))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -7,13 +7,16 @@ topic only wakes the daemon, the API says which tasks started.
 from __future__ import annotations
 
 import threading
+import time
+from math import prod
 from pathlib import Path
 
 from client import MusketeerClient, Task
 from client.keys import KeyRing, fingerprint_of
 from client.keys_api import ensure_registered
 from client.profile import Profile
-from participant.worker import DataOptions, Progress, TaskStopped, TaskWorker, WorkerResult
+from participant.data import DataOptions
+from participant.worker import Progress, TaskStopped, TaskWorker, WorkerResult
 from schema.lifecycle import TaskStatus
 from streams.config import Broker, KafkaSecurity
 from streams.eventlog import EventFeed
@@ -21,6 +24,8 @@ from streams.eventlog import EventFeed
 __all__ = ["DataOptions", "ParticipantDaemon", "TaskStopped", "TaskWorker", "WorkerResult"]
 
 _ENDED = (TaskStatus.FAILED, TaskStatus.DELETED, TaskStatus.COMPLETED)
+# How often a waiting daemon looks again at what it waits for (it says so only on a change).
+_WAITING_CHECK_S = 10.0
 
 
 class ParticipantDaemon:
@@ -42,15 +47,31 @@ class ParticipantDaemon:
         self.workers: dict[str, threading.Thread] = {}
         self.results: dict[str, WorkerResult] = {}
         self.errors: dict[str, str] = {}
+        self._waiting: tuple[float, str] = (0.0, "")
+
+    def check_data(self) -> None:
+        """Load the local data now, and check it against TASK's model: DataError before anything is sent."""
+        dataset = self.data.load()
+        self.progress(f"local data: {len(dataset)} samples of {dataset.name} "
+                      f"({prod(dataset.x.shape[1:])} features, {dataset.num_classes} classes)")
+        if self.only:
+            task = self.client.get_task(self.only)
+            if self.me not in {p.username for p in task.participants}:
+                raise TaskStopped(f"you ({self.me}) have not joined task '{self.only}': "
+                                  f"run `musketeer tasks join {self.only}` first")
+            self.data.check_for(task.name, task.definition)
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Serve until stopped (or, with `only`, until that task ends); 0 if all went well."""
         stop = stop or threading.Event()
+        self.check_data()
         with EventFeed(self.broker, self.events_topic) as feed:
             while not stop.is_set():
                 self._start_workers()
                 if self.only and self._only_done():
                     break
+                if not any(thread.is_alive() for thread in self.workers.values()):
+                    self._say_what_we_wait_for()
                 # Events only wake us early; the API says which tasks started.
                 feed.poll(timeout_s=2.0)
         for thread in self.workers.values():
@@ -80,6 +101,27 @@ class ParticipantDaemon:
                 raise TaskStopped(f"task '{self.only}' is {task.status}")
             return [task] if task.status == TaskStatus.STARTED else []
         return list(self.client.iter_tasks(joined=True, status=TaskStatus.STARTED.value))
+
+    def _say_what_we_wait_for(self) -> None:
+        """A line saying which tasks the daemon waits for, printed when it changes."""
+        checked, said = self._waiting
+        if time.monotonic() - checked < _WAITING_CHECK_S:
+            return
+        if self.only:
+            waiting = [self.client.get_task(self.only)]
+        else:
+            waiting = list(self.client.iter_tasks(joined=True, status=TaskStatus.CREATED.value))
+        if not waiting:
+            line = ("waiting: you have joined no task that has yet to start; join one with "
+                    "`musketeer tasks join NAME` (this daemon serves it once it starts)")
+        else:
+            shown = ", ".join(f"{t.name} ({t.participant_count} of {t.effective_quorum} joined, "
+                              f"creator {t.creator})" for t in waiting if t.status == TaskStatus.CREATED)
+            line = (f"waiting for {shown or self.only} to start: the creator's `musketeer aggregate` "
+                    "starts a task once its quorum has joined")
+        if line != said:
+            self.progress(line)
+        self._waiting = (time.monotonic(), line)
 
     def _work(self, worker: TaskWorker) -> None:
         try:

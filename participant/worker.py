@@ -12,16 +12,16 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from client import ClientError, MusketeerClient, Task
 from client.daemonlog import log_round
 from client.keys import KeyRing
-from ml.data import load_dataset, split_and_sample
+from ml.data import split_and_sample
 from ml.secagg.encoding import StatsLayout
 from ml.seeds import task_seed
+from participant.data import DataOptions
 from participant.secure import SecureInputs
 from participant.training import LocalTraining
 from schema import dataplane, privacy
@@ -41,17 +41,6 @@ _RESET_CHECK_S = 3.0
 
 class TaskStopped(RuntimeError):
     """The task ended without a final model (failed, deleted, or stopped by the aggregator)."""
-
-
-@dataclass
-class DataOptions:
-    """Where this participant's local data comes from."""
-
-    dataset: str
-    data_dir: str | None = None
-    shard: str | None = None
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,8 +121,8 @@ class TaskWorker:
 
     def _local_training(self) -> LocalTraining:
         definition = self.task.definition
-        raw = load_dataset(self.data.dataset, data_dir=self.data.data_dir, shard=self.data.shard,
-                           seed=self.data.seed, **self.data.options)
+        raw = self.data.load()
+        self.data.check_for(self.task.name, definition)
         train, test = split_and_sample(raw, definition.get("training_size"),
                                        definition.get("test_size"), self.data.seed)
         self.say(f"local data: {len(train)} training and {len(test)} test samples ({raw.name})")
@@ -216,8 +205,9 @@ class TaskWorker:
             self._sent = _Sent(round_no, payload, self._send(writer, dataplane.UPDATE, round_no, payload))
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
+        tested = f"local test {shown}" if shown else "no local test (the task sets no test_size)"
         log_round(self.progress, f"{self.task.name}: round {round_no}: trained in {trained.seconds:.1f} s; "
-                  f"local test {shown}", task=self.task.name, round=round_no, participant=self.me,
+                  f"{tested}", task=self.task.name, round=round_no, participant=self.me,
                   metrics=trained.metrics, duration_s=round(trained.seconds, 3))
 
     def _send(self, writer: ResilientWriter, kind: str, round_no: int, payload: bytes,
@@ -240,7 +230,9 @@ class TaskWorker:
         report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":
                   self.rounds_trained, "local_test_metrics": metrics}
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        self.say(f"final model saved to {model_path} (sha256 {digest[:12]}…)")
+        # The digest is the bundle's (as TaskCompleted records it), not the .keras file's.
+        self.say(f"final model saved to {model_path}; {folder / 'model.bundle'}, as broadcast, "
+                 f"has sha256 {digest[:12]}… (the task's final digest)")
         return WorkerResult(self.task.name, self.rounds_trained, digest, model_path, metrics)
 
     def _already_recorded(self, round_no: int) -> bool:

@@ -18,6 +18,21 @@ SEED_ALGORITHM_ALIASES: dict[str, str] = {
 AGGREGATIONS: frozenset[str] = frozenset({"fedavg", "median", "trimmed_mean"})
 # The seed spells a few fields in the singular; we accept and rename them.
 SEED_FIELD_ALIASES: dict[str, str] = {"round": "rounds", "epoch": "epochs"}
+# The seed names the participant's class beside the aggregator's; both mean "the registry's
+# neural-network training", which `algorithm` already says, so the field is dropped.
+SEED_PARTICIPANT_CLASSES: frozenset[str] = frozenset({"neural_network.Participant", "neural_network"})
+
+# Models a definition may name (ml/registry.py builds them; a test keeps the two lists equal).
+# USER_MODEL says the task's creator trains a Keras file of their own (`aggregate --model FILE`).
+REGISTRY_MODELS: frozenset[str] = frozenset({"digits-mlp", "mnist-cnn", "welding-mlp"})
+USER_MODEL = "user"
+# Algorithms that train a Keras model and so need one named.
+MODEL_ALGORITHMS: frozenset[str] = frozenset({"fedavg"})
+
+
+def known_model_names() -> list[str]:
+    """What `model` may say: a registry model, or "user" for the creator's own Keras file."""
+    return [*sorted(REGISTRY_MODELS), USER_MODEL]
 
 
 # Upper bounds: beyond any real federation, and within PostgreSQL's int columns.
@@ -56,7 +71,8 @@ class TaskDefinition(BaseModel):
     training_size: int | None = Field(default=None, ge=1, le=MAX_SAMPLES, description="local training samples")
     test_size: int | None = Field(default=None, ge=1, le=MAX_SAMPLES, description="local test samples")
     algorithm: str = Field(default="fedavg", description="aggregation algorithm, from the registry")
-    model: str | None = Field(default=None, description="model name from the registry")
+    model: str | None = Field(
+        default=None, description="model from the registry, or \"user\" for the creator's own Keras file")
     max_participants: int | None = Field(default=None, ge=1, le=MAX_PARTICIPANTS, description="cap on members")
     round_timeout_s: float | None = Field(
         default=None, gt=0, le=7 * 24 * 3600,
@@ -104,6 +120,8 @@ class TaskDefinition(BaseModel):
                 data[name] = data.pop(seed_name)
         if "aggregator" in data and "algorithm" not in data:
             data["algorithm"] = data.pop("aggregator")
+        if data.get("participant") in SEED_PARTICIPANT_CLASSES:
+            data.pop("participant")
         algorithm = data.get("algorithm")
         if isinstance(algorithm, str):
             data["algorithm"] = SEED_ALGORITHM_ALIASES.get(algorithm, algorithm)
@@ -127,12 +145,24 @@ class TaskDefinition(BaseModel):
             raise ValueError(
                 f"max_participants ({self.max_participants}) is below quorum ({self.quorum})"
             )
+        self._check_model()
         return self
 
     @property
     def sample_cap(self) -> int | None:
         """The most samples one update may claim: `max_samples`, else `training_size`."""
         return self.max_samples if self.max_samples is not None else self.training_size
+
+    def _check_model(self) -> None:
+        # Checked here, at creation: an unknown model would otherwise surface only when the
+        # aggregator starts the task, after people joined it.
+        known = ", ".join(known_model_names())
+        if self.model is None:
+            if self.algorithm in MODEL_ALGORITHMS:
+                raise ValueError(f"no model: add \"model\" (one of {known}; \"{USER_MODEL}\" "
+                                 "means the aggregator's --model FILE)")
+        elif self.model not in REGISTRY_MODELS and self.model != USER_MODEL:
+            raise ValueError(f"unknown model '{self.model}' (known: {known})")
 
     def to_json(self) -> dict[str, Any]:
         """The normalised definition as stored in events (extra fields kept)."""

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 SEED_DEFINITION = {
     "quorum": 2, "round": 5, "epoch": 2, "batch_size": 128, "learning_rate": 0.001,
     "training_size": 4000, "test_size": 1000, "aggregator": "neural_network.Aggregator",
+    "model": "mnist-cnn",
 }
 
 
@@ -42,7 +43,8 @@ class User:
         return self.http.delete(path, headers=self.auth)
 
     def create_task(self, name: str | None = None, **definition: Any) -> dict[str, Any]:
-        body = {"name": name or unique("task"), "definition": {"quorum": 1, "rounds": 2, **definition}}
+        body = {"name": name or unique("task"), "definition": {"quorum": 1, "rounds": 2, "model": "digits-mlp",
+                                                                 **definition}}
         response = self.post("/v1/tasks", json=body)
         assert response.status_code == 201, response.text
         return response.json()
@@ -163,15 +165,20 @@ def test_create_task_normalises_the_seed_definition_and_creates_topics(
                  409, "conflict")
 
 
+MODEL = {"model": "digits-mlp"}
+
+
 @pytest.mark.parametrize("definition, words", [
-    ({"quorum": 0, "rounds": 1}, "quorum"),
-    ({"quorum": 1, "rounds": 0}, "rounds"),
-    ({"quorum": 1, "rounds": 1, "learning_rate": 0}, "learning_rate"),
-    ({"quorum": 3, "rounds": 1, "max_participants": 2}, "max_participants"),
-    ({"quorum": 1, "rounds": 1, "aggregator": "os.system"}, "algorithm"),
-    ({"rounds": 1}, "quorum"),
-    ({"quorum": 1125899906842623, "rounds": 1}, "quorum"),  # beyond PostgreSQL's int (fuzzer)
-    ({"quorum": 1, "rounds": 1, "max_participants": 2**40}, "max_participants"),
+    ({**MODEL, "quorum": 0, "rounds": 1}, "quorum"),
+    ({**MODEL, "quorum": 1, "rounds": 0}, "rounds"),
+    ({**MODEL, "quorum": 1, "rounds": 1, "learning_rate": 0}, "learning_rate"),
+    ({**MODEL, "quorum": 3, "rounds": 1, "max_participants": 2}, "max_participants"),
+    ({**MODEL, "quorum": 1, "rounds": 1, "aggregator": "os.system"}, "algorithm"),
+    ({**MODEL, "rounds": 1}, "quorum"),
+    ({**MODEL, "quorum": 1125899906842623, "rounds": 1}, "quorum"),  # beyond PostgreSQL's int (fuzzer)
+    ({**MODEL, "quorum": 1, "rounds": 1, "max_participants": 2**40}, "max_participants"),
+    ({"quorum": 1, "rounds": 1, "model": "resnet-9000"}, "unknown model 'resnet-9000'"),
+    ({"quorum": 1, "rounds": 1}, "no model"),
 ])
 def test_create_task_rejects_a_bad_definition(http: httpx.Client, definition: dict[str, Any],
                                               words: str) -> None:
@@ -189,10 +196,11 @@ def test_text_the_database_cannot_store_is_a_422_and_nothing_is_stored(http: htt
     description: 422 naming where, not a 500, and no task (the fuzzer found the definition case)."""
     alice = register(http)
     for body, where in (
-        ({"definition": {"quorum": 1, "rounds": 1, "note\u0000": 1}}, "definition"),
-        ({"definition": {"quorum": 1, "rounds": 1, "extra": {"a": ["ok", "b\u0000"]}}},
+        ({"definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp", "note\u0000": 1}}, "definition"),
+        ({"definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp", "extra": {"a": ["ok", "b\u0000"]}}},
          "definition.extra.a[1]"),
-        ({"definition": {"quorum": 1, "rounds": 1}, "description": "MNIST\u0000"}, "description"),
+        ({"definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}, "description": "MNIST\u0000"},
+         "description"),
     ):
         name = unique("nul")
         error = assert_error(alice.post("/v1/tasks", json={"name": name, **body}), 422, "invalid_input")
@@ -202,7 +210,7 @@ def test_text_the_database_cannot_store_is_a_422_and_nothing_is_stored(http: htt
 
 def test_create_task_needs_a_token(http: httpx.Client) -> None:
     """Commands are authorised: no token, no task."""
-    body = {"name": unique("t"), "definition": {"quorum": 1, "rounds": 1}}
+    body = {"name": unique("t"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}
     assert_error(http.post("/v1/tasks", json=body), 401)
 
 
@@ -211,7 +219,7 @@ def test_idempotent_create_returns_the_first_result_and_appends_nothing(
 ) -> None:
     """A retried POST with the same Idempotency-Key gives the same task and one event."""
     alice = register(http)
-    body = {"name": unique("idem"), "definition": {"quorum": 1, "rounds": 1}}
+    body = {"name": unique("idem"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = alice.post("/v1/tasks", json=body, headers=key)
     second = alice.post("/v1/tasks", json=body, headers=key)
@@ -221,7 +229,7 @@ def test_idempotent_create_returns_the_first_result_and_appends_nothing(
         count = conn.execute("SELECT count(*) FROM events WHERE type = 'TaskCreated'"
                              " AND data->>'name' = %s", (body["name"],)).fetchone()[0]
     assert count == 1
-    other = {"name": unique("other"), "definition": {"quorum": 1, "rounds": 1}}
+    other = {"name": unique("other"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}
     assert_error(alice.post("/v1/tasks", json=other, headers=key), 409, "idempotency_key_reused")
 
 
@@ -242,8 +250,9 @@ def test_list_filters_and_pages_newest_first(http: httpx.Client) -> None:
     alice, john = register(http), register(http)
     marker = unique("list")
     names = [alice.create_task(f"{marker}-{i}")["name"] for i in range(5)]
-    john.post(f"/v1/tasks/{names[1]}/join")
-    alice.post(f"/v1/tasks/{names[4]}/join")  # the creator cannot join: 403, nothing changes
+    assert john.post(f"/v1/tasks/{names[1]}/join").status_code == 200
+    # The creator cannot join: 403, nothing changes.
+    assert_error(alice.post(f"/v1/tasks/{names[4]}/join"), 403, "forbidden")
     alice.delete(f"/v1/tasks/{names[0]}")
 
     page = alice.get("/v1/tasks", params={"search": marker, "limit": 2}).json()
@@ -320,11 +329,8 @@ def test_fifty_concurrent_joins_give_exactly_five_members(http: httpx.Client, ap
     assert shown["participant_count"] == 5 and len(shown["participants"]) == 5
 
 
-def test_leave_while_created_only(http: httpx.Client, store: Any) -> None:
+def test_leave_while_created_only(http: httpx.Client) -> None:
     """A participant may leave a CREATED task; a stranger is 403; after start it is 409."""
-    from api.store import ANY, NewEvent
-    from schema.events import TaskStarted
-
     alice, john, jack = register(http), register(http), register(http)
     task = alice.create_task()
     john.post(f"/v1/tasks/{task['name']}/join")
@@ -333,8 +339,7 @@ def test_leave_while_created_only(http: httpx.Client, store: Any) -> None:
     assert left.status_code == 200
     assert [p["username"] for p in left.json()["participants"]] == [jack.name]
     assert_error(john.post(f"/v1/tasks/{task['name']}/leave"), 403)
-    # The start command arrives with the training issue; record the event directly.
-    store.append(f"task-{task['task_id']}", ANY, [NewEvent(TaskStarted(), actor=alice.name)])
+    assert alice.post(f"/v1/tasks/{task['name']}/start").status_code == 200
     assert_error(jack.post(f"/v1/tasks/{task['name']}/leave"), 409, "conflict")
     assert_error(register(http).post(f"/v1/tasks/{task['name']}/join"), 409)
 

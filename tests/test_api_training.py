@@ -35,7 +35,7 @@ def person(api: ApiProcess) -> MusketeerClient:
 def started_task(api: ApiProcess, rounds: int = 2) -> tuple[MusketeerClient, list[MusketeerClient], str]:
     alice, john, jack = person(api), person(api), person(api)
     name = unique("train")
-    alice.create_task(name, {"quorum": 2, "rounds": rounds})
+    alice.create_task(name, {"quorum": 2, "rounds": rounds, "model": "digits-mlp"})
     john.join(name)
     jack.join(name)
     alice.start_task(name)
@@ -50,7 +50,7 @@ def test_start_needs_the_creator_and_the_quorum(api: ApiProcess) -> None:
     """Only the creator starts, and only once the quorum has joined; then joins close."""
     alice, john, jack, late = person(api), person(api), person(api), person(api)
     name = unique("start")
-    alice.create_task(name, {"quorum": 2, "rounds": 1})
+    alice.create_task(name, {"quorum": 2, "rounds": 1, "model": "digits-mlp"})
     john.join(name)
     with pytest.raises(ConflictError, match="quorum"):
         alice.start_task(name)

@@ -55,7 +55,7 @@ class World:
 
     def fresh_task(self) -> str:
         name = unique("authz")
-        self.people["alice"].create_task(name, {"quorum": 1, "rounds": 1})
+        self.people["alice"].create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
         self.people["john"].join(name)
         return name
 
@@ -88,7 +88,7 @@ REQUESTS: dict[tuple[str, str], Request] = {
     ("GET", "/v1/users/me/keys"): lambda w, r: ("GET", "/v1/users/me/keys", {}),
     ("DELETE", "/v1/users/me/keys/{fingerprint}"): revocation,
     ("POST", "/v1/tasks"): lambda w, r: ("POST", "/v1/tasks", {"json": {
-        "name": unique("authz-new"), "definition": {"quorum": 1, "rounds": 1}}}),
+        "name": unique("authz-new"), "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp"}}}),
     ("GET", "/v1/tasks"): lambda w, r: ("GET", "/v1/tasks", {}),
     ("GET", "/v1/tasks/{name}"): on_task("GET"),
     ("POST", "/v1/tasks/{name}/join"): on_task("POST", "/join"),

@@ -47,7 +47,7 @@ def test_the_seed_walk_through_from_the_command_line(api: ApiProcess, tmp_path: 
     alice = sign_up(api, tmp_path, database_url, "IBM")
     john = sign_up(api, tmp_path, database_url, "TREE")
     definition = tmp_path / "seed.json"
-    definition.write_text(json.dumps({"quorum": 1, "round": 2, "epoch": 1,
+    definition.write_text(json.dumps({"quorum": 1, "round": 2, "epoch": 1, "model": "digits-mlp",
                                       "aggregator": "neural_network.Aggregator"}))
     name = unique("cli-task")
 

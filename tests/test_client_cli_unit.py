@@ -572,8 +572,10 @@ def test_login_saves_a_private_token_and_never_prints_it(
     path = isolated_env / "credentials.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     saved = json.loads(path.read_text())
-    assert saved["api_url"] == API and saved["username"] == "alice"
-    assert saved["access_token"] == "very-secret" and saved["expires_at"]
+    assert saved["current"] == "alice"
+    login = saved["logins"]["alice"]
+    assert login["api_url"] == API and login["username"] == "alice"
+    assert login["access_token"] == "very-secret" and login["expires_at"]
     assert parse_qs(api.requests[0].content.decode())["password"] == ["pw"]
 
 
@@ -834,7 +836,7 @@ def test_join_and_leave(run: Callable[..., Any], api: FakeApi, isolated_env: Pat
     left = run("tasks", "leave", "mnist")
 
     assert joined.exit_code == 0 and "2 participants of a quorum of 3" in joined.stdout
-    assert left.exit_code == 0 and "1 participants remain" in left.stdout
+    assert left.exit_code == 0 and "1 participant remains" in left.stdout
 
 
 def test_join_conflict_exits_1(run: Callable[..., Any], api: FakeApi, isolated_env: Path,
@@ -890,17 +892,36 @@ def test_rotate_keeps_the_old_key_and_registers_a_new_one(run: Callable[..., Any
 
 
 def test_delete_asks_first(run: Callable[..., Any], api: FakeApi, isolated_env: Path) -> None:
-    """Answering no sends nothing; --yes deletes without asking."""
+    """The creator is asked first (answering no deletes nothing); --yes deletes without asking."""
     logged_in(isolated_env)
+    api.on("GET", "/v1/tasks/mnist", httpx.Response(200, json=task_view()))
+    api.on("GET", "/v1/users/me", httpx.Response(200, json={"username": "alice"}))
     api.on("DELETE", "/v1/tasks/mnist", httpx.Response(200, json=task_view(status="DELETED")))
 
     refused = run("tasks", "delete", "mnist", input="n\n")
-    assert api.requests == []
+    asked = [r.method for r in api.requests]
     done = run("tasks", "delete", "mnist", "--yes")
 
-    assert refused.exit_code == 1
+    assert refused.exit_code == 1 and "Delete task 'mnist' (CREATED, 1 participant)?" in refused.stdout
+    assert asked == ["GET", "GET"]
     assert done.exit_code == 0 and "DELETED" in done.stdout
-    assert [r.method for r in api.requests] == ["DELETE"]
+    assert [r.method for r in api.requests] == ["GET", "GET", "DELETE"]
+
+
+def test_delete_by_someone_else_fails_before_asking(
+    run: Callable[..., Any], api: FakeApi, isolated_env: Path
+) -> None:
+    """A user who may not delete the task is told so at once, never asked to confirm."""
+    logged_in(isolated_env)
+    api.on("GET", "/v1/tasks/mnist", httpx.Response(200, json=task_view()))
+    api.on("GET", "/v1/users/me", httpx.Response(200, json={"username": "john"}))
+
+    result = run("tasks", "delete", "mnist", input="y\n")
+
+    assert result.exit_code == 1
+    assert "only the creator of task 'mnist' (alice) may delete it" in result.stderr
+    assert "Delete task" not in result.stdout
+    assert "DELETE" not in [r.method for r in api.requests]
 
 
 def test_history_is_a_timeline(run: Callable[..., Any], api: FakeApi, isolated_env: Path) -> None:

@@ -69,7 +69,8 @@ def as_user(name: str, key: str | None = None) -> Context:
 
 
 def create(commands: TrainingCommands, quorum: int = 2, **definition: object) -> str:
-    body = CreateTask(name="t1", definition=TaskDefinition(quorum=quorum, rounds=2, **definition))  # type: ignore[arg-type]
+    body = CreateTask(name="t1", definition=TaskDefinition(quorum=quorum, rounds=2, model="digits-mlp",  # type: ignore[arg-type]
+                                                           **definition))
     commands.create_task(body, as_user("alice"))
     return "t1"
 
@@ -167,7 +168,7 @@ def test_delete_is_the_creators_and_frees_a_never_started_tasks_topics(commands:
     assert commands.delete(name, as_user("alice")).body["status"] == "DELETED"
     assert topics.deleted == topics.created
 
-    body = CreateTask(name="t2", definition=TaskDefinition(quorum=1, rounds=1))
+    body = CreateTask(name="t2", definition=TaskDefinition(quorum=1, rounds=1, model="digits-mlp"))
     commands.create_task(body, as_user("alice"))
     commands.join("t2", as_user("john"))
     commands.start("t2", as_user("alice"))

@@ -27,7 +27,7 @@ def person(api: ApiProcess) -> MusketeerClient:
 
 def started(api: ApiProcess, creator: MusketeerClient, member: MusketeerClient) -> str:
     name = unique("keyed")
-    creator.create_task(name, {"quorum": 1, "rounds": 1})
+    creator.create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     member.join(name)
     creator.start_task(name)
     return name
@@ -82,7 +82,7 @@ def test_key_endpoints_refuse_what_they_must(api: ApiProcess) -> None:
     with pytest.raises(NotFoundError):
         eve.revoke_key(fingerprint_of(key))
     name = unique("keyless")
-    alice.create_task(name, {"quorum": 1, "rounds": 1})
+    alice.create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     john.join(name)
     with pytest.raises(ConflictError, match="no signing key registered for") as refused:
         alice.start_task(name)

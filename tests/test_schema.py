@@ -11,46 +11,68 @@ import pytest
 from pydantic import ValidationError
 
 from schema.commands import CreateTask, RegisterUser
-from schema.definition import TaskDefinition
+from schema.definition import USER_MODEL, TaskDefinition, known_model_names
 from schema.events import EVENT_TYPES, UnknownEventType, parse_event
 from schema.lifecycle import VALID_TRANSITIONS, TaskStatus, can_transition
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 
 
+# The smallest valid definition: each invalid case below breaks exactly one thing in it.
+VALID = {"quorum": 1, "rounds": 1, "model": "digits-mlp"}
+
+
 def test_seed_spelling_is_normalised() -> None:
-    """`round`, `epoch` and `aggregator: neural_network.Aggregator` become our names."""
+    """`round`, `epoch`, `aggregator` and `participant` in the seed's spelling become our names."""
     seed = {"quorum": 2, "round": 5, "epoch": 2, "batch_size": 128, "learning_rate": 0.001,
-            "training_size": 4000, "test_size": 1000, "aggregator": "neural_network.Aggregator"}
+            "training_size": 4000, "test_size": 1000, "aggregator": "neural_network.Aggregator",
+            "participant": "neural_network.Participant", "model": "mnist-cnn"}
     definition = TaskDefinition.model_validate(seed).to_json()
     assert definition == {"quorum": 2, "rounds": 5, "epochs": 2, "batch_size": 128,
                           "learning_rate": 0.001, "training_size": 4000, "test_size": 1000,
-                          "algorithm": "fedavg", "aggregation": "fedavg"}
+                          "algorithm": "fedavg", "aggregation": "fedavg", "model": "mnist-cnn"}
 
 
 def test_extra_algorithm_fields_are_kept() -> None:
     """Algorithm-specific fields such as the seed's `point` survive validation."""
-    definition = TaskDefinition.model_validate({"quorum": 1, "rounds": 1, "point": [1, 2]})
+    definition = TaskDefinition.model_validate({**VALID, "point": [1, 2]})
     assert definition.to_json()["point"] == [1, 2]
 
 
-@pytest.mark.parametrize("raw", [
-    {"quorum": 0, "rounds": 1}, {"quorum": 1, "rounds": 0}, {"quorum": 1, "rounds": 1, "epochs": 0},
-    {"quorum": 1, "rounds": 1, "batch_size": 0}, {"quorum": 1, "rounds": 1, "learning_rate": 0},
-    {"quorum": 1, "rounds": 1, "learning_rate": -1}, {"quorum": 1, "rounds": 1, "training_size": 0},
-    {"quorum": 1, "rounds": 1, "test_size": 0}, {"quorum": 3, "rounds": 1, "max_participants": 2},
-    {"quorum": 1, "rounds": 1, "algorithm": "builtins.eval"},
-    {"quorum": 1, "round": 2, "rounds": 3},
+@pytest.mark.parametrize(("raw", "field"), [
+    ({**VALID, "quorum": 0}, "quorum"), ({**VALID, "rounds": 0}, "rounds"),
+    ({**VALID, "epochs": 0}, "epochs"), ({**VALID, "batch_size": 0}, "batch_size"),
+    ({**VALID, "learning_rate": 0}, "learning_rate"), ({**VALID, "learning_rate": -1}, "learning_rate"),
+    ({**VALID, "training_size": 0}, "training_size"), ({**VALID, "test_size": 0}, "test_size"),
+    ({**VALID, "quorum": 3, "max_participants": 2}, "max_participants"),
+    ({**VALID, "algorithm": "builtins.eval"}, "unknown algorithm"),
+    ({**VALID, "round": 2, "rounds": 3}, "both 'round' and 'rounds'"),
+    ({**VALID, "model": "resnet-9000"}, "unknown model 'resnet-9000'"),
+    ({"quorum": 1, "rounds": 1}, "no model"),
 ])
-def test_invalid_definitions_are_refused(raw: dict[str, Any]) -> None:
-    """Every bound in the issue is enforced."""
-    with pytest.raises(ValidationError):
+def test_invalid_definitions_are_refused(raw: dict[str, Any], field: str) -> None:
+    """Every bound is enforced, and the error names what was wrong."""
+    with pytest.raises(ValidationError, match=field):
         TaskDefinition.model_validate(raw)
+
+
+def test_a_refused_model_lists_the_known_ones() -> None:
+    """An unknown or missing model is refused naming every model a definition may use."""
+    for raw in ({**VALID, "model": "nosuch"}, {"quorum": 1, "rounds": 1}):
+        with pytest.raises(ValidationError) as caught:
+            TaskDefinition.model_validate(raw)
+        assert all(name in str(caught.value) for name in known_model_names())
+
+
+def test_user_model_is_a_known_model() -> None:
+    """"model": "user" says the creator trains a Keras file of their own (aggregate --model)."""
+    assert TaskDefinition.model_validate({**VALID, "model": USER_MODEL}).model == "user"
 
 
 def test_max_participants_equal_to_quorum_is_fine() -> None:
     """The cap may equal the quorum."""
-    assert TaskDefinition.model_validate({"quorum": 2, "rounds": 1, "max_participants": 2})
+    definition = TaskDefinition.model_validate({**VALID, "quorum": 2, "max_participants": 2})
+    assert (definition.quorum, definition.max_participants) == (2, 2)
 
 
 @pytest.mark.parametrize("current", list(TaskStatus))
@@ -78,11 +100,10 @@ def test_usernames_and_passwords_are_checked() -> None:
 def test_create_task_rejects_unknown_fields_and_topologies() -> None:
     """Only STAR topology and the documented fields are accepted."""
     with pytest.raises(ValidationError):
-        CreateTask.model_validate({"name": "t", "definition": {"quorum": 1, "rounds": 1},
-                                   "topology": "RING"})
+        CreateTask.model_validate({"name": "t", "definition": VALID, "topology": "RING"})
     with pytest.raises(ValidationError):
-        CreateTask.model_validate({"name": "t", "definition": {"quorum": 1, "rounds": 1},
-                                   "extra": 1})
+        CreateTask.model_validate({"name": "t", "definition": VALID, "extra": 1})
+    assert CreateTask.model_validate({"name": "t", "definition": VALID}).topology == "STAR"
 
 
 def _random_value(annotation: str, rng: random.Random) -> Any:

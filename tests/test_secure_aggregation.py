@@ -282,4 +282,4 @@ def test_privacy_modes_the_platform_does_not_implement_are_refused(api: ApiProce
             (3, {"quorum": 2, "rounds": 1, "training_size": 10}, "needs noise_multiplier"),
             (1, {"quorum": 2, "rounds": 1, "noise_multiplier": 1.0}, "needs clip_norm")):
         with pytest.raises(ValidationFailed, match=re.escape(words)):
-            alice.client.create_task(unique("pom"), definition, pom=pom)
+            alice.client.create_task(unique("pom"), {"model": "digits-mlp", **definition}, pom=pom)

@@ -121,8 +121,15 @@ def _read(consumer: Consumer, count: int, timeout_s: float = 15.0) -> list[bytes
 
 @pytest.mark.integration
 def test_ping_answers_on_the_broker(broker: BrokerProcess) -> None:
-    """ping() returns quietly when the broker is there."""
-    TopicAdmin(broker.bootstrap).ping(timeout_s=5)
+    """ping() returns quietly when the broker is there (where nothing listens it raises, below),
+    and the broker it reached is the one holding a topic just created."""
+    admin = TopicAdmin(broker.bootstrap)
+    name = f"{unique_prefix()}.ping"
+    admin.create([name])
+
+    admin.ping(timeout_s=5)  # raises BrokerUnavailable if the broker does not answer
+
+    assert admin.exists(name)
 
 
 def test_ping_unreachable_broker_fails_fast_naming_it() -> None:

@@ -69,19 +69,21 @@ def test_one_participant_daemon_serves_two_tasks_at_once(api: ApiProcess, broker
 
 def test_an_unrecoverable_error_records_task_failed(api: ApiProcess, broker: Any,
                                                    topic_prefix: str, tmp_path: Path) -> None:
-    """A definition naming no model fails the task with that reason, and the CLI exits 1."""
+    """Eval data the model cannot read (welding's 4 features for digits' 64) surfaces only once
+    the model exists: the task fails with that reason, and the CLI exits 1."""
     alice, john = member(api, "alice"), member(api, "john")
-    name = unique("nomodel")
-    alice.client.create_task(name, {"quorum": 1, "rounds": 1})
+    name = unique("badeval")
+    alice.client.create_task(name, {**DIGITS, "rounds": 1})
     john.client.join(name)
     john.register_key()  # as his daemon would: the task starts only once every member has a key
     log = tmp_path / "aggregator.log"
-    process = spawn(["aggregate", name], daemon_env(api, alice, broker.bootstrap, topic_prefix), log)
+    process = spawn(["aggregate", name, "--eval-data", "welding"],
+                    daemon_env(api, alice, broker.bootstrap, topic_prefix), log)
     assert process.wait(120) == 1, log.read_text()
     task = alice.client.get_task(name)
     assert task.status == "FAILED"
-    assert "names no model" in (task.failure_reason or "")
-    assert "names no model" in log.read_text()
+    assert "4 features per sample" in (task.failure_reason or ""), task.failure_reason
+    assert "4 features per sample" in log.read_text()
 
 
 def test_only_the_creator_can_aggregate(api: ApiProcess, broker: Any, topic_prefix: str,

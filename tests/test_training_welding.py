@@ -37,7 +37,7 @@ def test_welding_trains_federated_with_global_standardisation(
     alice, fps2, fpd2 = member(api, "alice"), member(api, "fps2"), member(api, "fpd2")
     name = unique("welding")
     definition = {"quorum": 2, "rounds": 3, "epochs": 5, "batch_size": 32,
-                  "learning_rate": 0.01, "training_size": 1500, "test_size": 300,
+                  "learning_rate": 0.01, "training_size": 1200, "test_size": 200,
                   "model": "welding-mlp", "standardise": True, "seed": 1}
     task = alice.client.create_task(name, definition)
     fps2.client.join(name)
@@ -54,7 +54,7 @@ def test_welding_trains_federated_with_global_standardisation(
 
     # The statistics the aggregator broadcast equal numpy's on the concatenated training data.
     mean, std = broadcast_statistics(broker.bootstrap, task.topics.broadcast)
-    parts = [split_and_sample(load_dataset("welding", robot=robot), 1500, 300, 0)[0].x
+    parts = [split_and_sample(load_dataset("welding", robot=robot), 1200, 200, 0)[0].x
              for robot in ("FPS2", "FPD2")]
     everything = np.concatenate(parts).astype(np.float64)
     np.testing.assert_allclose(mean, everything.mean(axis=0), rtol=1e-9)

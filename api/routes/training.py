@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from api import queries
 from api.deps import CurrentUser, IdempotencyKey, ServicesDep, context, respond
 from api.domain import TaskView
+from api.errors import InvalidInput
+from api.training import MAX_MODEL_BYTES
 from schema.commands import CompleteTask, FailTask, RecordMissed, RecordRejection, RecordRound
 
 router = APIRouter(tags=["training"])
@@ -64,10 +66,25 @@ async def store_model(
     final: bool = False, key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Upload model bytes (the codec's payload); returns its sha256."""
-    content = await request.body()
+    content = await _capped_body(request, MAX_MODEL_BYTES)
     result = await run_in_threadpool(services.commands.store_model, name, content, round, final,
                                      context(request, user, key))
     return respond(result)
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The body, refused once it passes `limit` bytes: an oversized upload never fills memory."""
+    declared = request.headers.get("content-length", "")
+    too_large = InvalidInput(f"the model is larger than {limit} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large  # said before a byte of it is read
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @router.get("/v1/tasks/{name}/model", summary="Download a task's model",

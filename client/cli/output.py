@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+import typer
 from pydantic import BaseModel
 from rich.console import Console, Group
 from rich.markup import escape
@@ -15,9 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from client import ClientError
-from client.models import Task, TaskEvent, TaskState
+from client.daemonlog import LOG_FORMATS, DaemonLog
+from client.models import Round, Task, TaskEvent, TaskState
 
 SUMMARY_WIDTH = 200
+HASH_SHOWN = 12
 MAX_DIFFERENCES_SHOWN = 20
 
 STATUS_STYLE = {
@@ -31,12 +34,18 @@ STATUS_STYLE = {
 
 def out() -> Console:
     """A console on the current stdout (created per use, so test runners capture it)."""
-    return Console(highlight=False)
+    return unwrapped_off_terminal(Console(highlight=False))
 
 
 def err() -> Console:
     """A console on the current stderr."""
-    return Console(stderr=True, highlight=False)
+    return unwrapped_off_terminal(Console(stderr=True, highlight=False))
+
+
+def unwrapped_off_terminal(console: Console) -> Console:
+    """Wrap lines only on a terminal: a log or a pipe gets each message whole, on one line."""
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def print_json(data: Any) -> None:
@@ -100,8 +109,10 @@ def tasks_table(tasks: Iterable[Task]) -> Table:
     table = Table(show_edge=False, header_style="bold")
     # Names are what people copy into the next command: never wrapped.
     table.add_column("name", no_wrap=True)
-    for column in ("status", "creator", "participants", "rounds", "created"):
+    for column in ("status", "creator", "participants", "rounds"):
         table.add_column(column, overflow="fold")
+    # A date folded over three lines at 80 columns reads as three dates.
+    table.add_column("created", no_wrap=True)
     for task in tasks:
         table.add_row(
             escape(task.name),
@@ -112,6 +123,11 @@ def tasks_table(tasks: Iterable[Task]) -> Table:
             when(task.created_at),
         )
     return table
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 participant`, `2 participants`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _members(task: Task) -> str:
@@ -143,6 +159,8 @@ def _task_summary(task: Task) -> Table:
         ("description", escape(task.description or "-")),
         ("topology / pom", f"{escape(task.topology)} / {task.pom}"),
         ("participants", _members(task) + _cap(task)),
+        ("rounds", f"{task.rounds_completed} of {_text(task.rounds)} completed"),
+        *_outcome(task),
         ("topics", escape(f"{task.topics.broadcast or '-'}  {task.topics.updates or '-'}")),
         ("version", str(task.version)),
         ("created", when(task.created_at)),
@@ -156,6 +174,16 @@ def _task_summary(task: Task) -> Table:
     for key, value in rows:
         grid.add_row(key, value)
     return grid
+
+
+def _outcome(task: Task) -> list[tuple[str, str]]:
+    """The final model's digest and the failure reason, when the task has them."""
+    rows = []
+    if task.model_sha256:
+        rows.append(("final model", f"sha256 {task.model_sha256}"))
+    if task.failure_reason:
+        rows.append(("failure", f"[red]{escape(task.failure_reason)}[/red]"))
+    return rows
 
 
 def _cap(task: Task) -> str:
@@ -173,28 +201,50 @@ def _definition_table(definition: dict[str, Any]) -> Table:
 
 def _participants_table(task: Task) -> Table:
     table = Table(title="participants", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("username", "organization", "joined"):
+    for column in ("username", "organization", "joined", "last contact"):
         table.add_column(column)
     for member in task.participants:
-        table.add_row(
-            escape(member.username), escape(member.organization or "-"), when(member.joined_at)
-        )
+        table.add_row(escape(member.username), escape(member.organization or "-"),
+                      when(member.joined_at), when(member.last_contact_at))
     return table
 
 
 def events_table(events: Iterable[TaskEvent]) -> Table:
     """A task's history as a timeline, oldest first, one line per event."""
     table = Table(show_edge=False, header_style="bold")
-    for column in ("pos", "time", "type", "actor"):
+    for column in ("pos", "time", "type", "actor", "hash"):
         table.add_column(column, no_wrap=True)
     table.add_column("data")
     for event in events:
         # A no-wrap Text: a long summary is cut at the terminal's edge, never wrapped.
         data = Text(summarize(event.data), no_wrap=True, overflow="ellipsis")
         actor = event.actor or "-"
-        row = (str(event.position), when(event.recorded_at), escape(event.type), escape(actor))
+        # The chain's first hex digits, enough to compare with `audit verify` (--json has all).
+        digest = (event.hash or "-")[:HASH_SHOWN]
+        row = (str(event.position), when(event.recorded_at), escape(event.type), escape(actor), digest)
         table.add_row(*row, data)
     return table
+
+
+def rounds_table(rounds: Iterable[Round]) -> Table:
+    """Completed rounds: participants, local and evaluation metrics, time and model digest."""
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("round", justify="right")
+    table.add_column("participants")
+    for column in ("samples", "local loss", "local accuracy", "eval loss", "eval accuracy", "seconds"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("model sha256", no_wrap=True)
+    for entry in rounds:
+        table.add_row(
+            str(entry.round), escape(", ".join(entry.participants)), str(sum(entry.samples.values())),
+            _metric(entry.metrics, "loss"), _metric(entry.metrics, "accuracy"),
+            _metric(entry.eval_metrics, "loss"), _metric(entry.eval_metrics, "accuracy"),
+            "-" if entry.duration_s is None else f"{entry.duration_s:.1f}", entry.model_sha256[:HASH_SHOWN])
+    return table
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "-"
 
 
 def summarize(data: dict[str, Any], width: int = SUMMARY_WIDTH) -> str:
@@ -234,3 +284,11 @@ def _compact(value: Any) -> str:
 
 def _text(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def daemon_log(daemon: str, log_format: str) -> DaemonLog:
+    """The daemon's progress reporter for `--log-format` (a usage error names a bad value)."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}",
+                                 param_hint="--log-format")
+    return DaemonLog(daemon, "json" if log_format == "json" else "text", out().print)

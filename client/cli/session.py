@@ -10,8 +10,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from client import AuthenticationError, ClientError, MusketeerClient
+from client import AuthenticationError, ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
+from client.credentials import ENV_TOKEN
 from client.profile import Profile, environment_password
 
 ClientFactory = Callable[[str | None], MusketeerClient]
@@ -49,8 +50,13 @@ PasswordStdin = Annotated[
 # --- the session: how commands get a client ---------------------------------------
 
 
+# Someone is waiting at the terminal: a brief API restart is waited out, a platform that is
+# not running is reported within seconds (the daemons wait five minutes, saying so).
+INTERACTIVE_RETRY = RetryPolicy(total_wait=3.0)
+
+
 def client_from_profile(api_url: str | None) -> MusketeerClient:
-    return MusketeerClient.from_profile(api_url=api_url)
+    return MusketeerClient.from_profile(api_url=api_url, retry=INTERACTIVE_RETRY)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Session:
 
     client_factory: ClientFactory = client_from_profile
     had_token: bool = field(default=False, init=False)
+    token_source: str | None = field(default=None, init=False)
 
     def client(self, api_url: str | None) -> MusketeerClient:
         try:
@@ -66,6 +73,7 @@ class Session:
         except ValueError as exc:  # an unreadable profile file
             raise CliFailure(str(exc)) from exc
         self.had_token = client.token is not None
+        self.token_source = client.token_source
         return client
 
 
@@ -82,10 +90,17 @@ def profile() -> Profile:
 
 
 def auth_hint(ctx: typer.Context | None) -> str:
-    if ctx is not None and session(ctx).had_token:
-        return (
-            "Your session has expired or is not valid here: run `musketeer login USERNAME` again."
-        )
+    """What to do about a 401, depending on where the refused token (if any) came from."""
+    current = session(ctx) if ctx is not None else Session()
+    source = current.token_source
+    if current.had_token and source == ENV_TOKEN:
+        return ("MUSKETEER_TOKEN is set and the API refused it: `unset MUSKETEER_TOKEN` to use "
+                "your saved login (or set it to a valid token).")
+    if current.had_token:
+        who = source.removeprefix("the saved login of ") if source else "USERNAME"
+        return (f"Your session has expired or is not valid here: run `musketeer login {who}` again.")
+    if source:  # `--as USER` without a login of theirs here
+        return f"There is {source}. {LOGIN_HINT}"
     return "You are not logged in to this API. " + LOGIN_HINT
 
 

@@ -11,9 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from client.cli import output as show
-from client.cli.session import ApiUrl, AsJson, TaskName, profile, reports_errors, session
+from client.cli.output import plural
+from client.cli.session import ApiUrl, AsJson, CliFailure, TaskName, profile, reports_errors, session
 from client.keys import KeyRing
 from client.keys_api import ensure_registered
+from schema.definition import SEED_FIELD_ALIASES, known_model_names
+
+MODEL_HELP = (f"The model: {', '.join(known_model_names())} (user: the aggregator trains its own "
+              "Keras file, given as `musketeer aggregate --model FILE`).")
 
 
 def _parse_time(value: str | None) -> str | None:
@@ -122,11 +127,20 @@ def build_definition(
 ) -> dict[str, Any]:
     """The definition to send: the file, then the flags, then each --set, later ones winning."""
     definition = _definition_file(file) if file else {}
-    definition.update({key: value for key, value in flags.items() if value is not None})
-    definition.update(_parse_set(item) for item in settings)
+    for key, value in [*((k, v) for k, v in flags.items() if v is not None),
+                       *(_parse_set(item) for item in settings)]:
+        override(definition, key, value)
     if not definition:
         raise typer.BadParameter("give --definition FILE.json, or at least --quorum and --rounds")
     return definition
+
+
+def override(definition: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key`, dropping its other spelling: `--rounds 7` wins over the seed's `"round": 3`."""
+    for seed_name, name in SEED_FIELD_ALIASES.items():
+        if key in (seed_name, name):
+            definition.pop(name if key == seed_name else seed_name, None)
+    definition[key] = value
 
 
 @reports_errors
@@ -148,7 +162,7 @@ def tasks_create(
     learning_rate: Annotated[float | None, typer.Option(help="Local learning rate.")] = None,
     training_size: Annotated[int | None, typer.Option(help="Local training samples.")] = None,
     test_size: Annotated[int | None, typer.Option(help="Local test samples.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name from the registry.")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     max_participants: Annotated[int | None, typer.Option(help="Cap on members.")] = None,
     settings: Annotated[
         list[str] | None,
@@ -199,7 +213,7 @@ def tasks_join(
         return show.print_json(task)
     quorum = task.effective_quorum
     of = f" of a quorum of {quorum}" if quorum is not None else ""
-    show.out().print(f"Joined [bold]{task.name}[/bold]: {task.participant_count} participants{of}.")
+    show.out().print(f"Joined [bold]{task.name}[/bold]: {plural(task.participant_count, 'participant')}{of}.")
 
 
 @reports_errors
@@ -211,8 +225,9 @@ def tasks_leave(
         task = client.leave(name)
     if as_json:
         return show.print_json(task)
+    remain = "remains" if task.participant_count == 1 else "remain"
     show.out().print(
-        f"Left [bold]{task.name}[/bold]: {task.participant_count} participants remain."
+        f"Left [bold]{task.name}[/bold]: {plural(task.participant_count, 'participant')} {remain}."
     )
 
 
@@ -225,9 +240,14 @@ def tasks_delete(
     as_json: AsJson = False,
 ) -> None:
     """Delete a task (creator only); its history stays in the log."""
-    if not yes:
-        typer.confirm(f"Delete task {name!r}?", abort=True)
     with session(ctx).client(api_url) as client:
+        if not yes:
+            # Ask only someone who may delete it: a refusal after "Delete? [y/N] y" is rude.
+            current, me = client.get_task(name), client.me().username
+            if current.creator != me:
+                raise CliFailure(f"only the creator of task {name!r} ({current.creator}) may delete it")
+            typer.confirm(f"Delete task {name!r} ({current.status}, "
+                          f"{plural(current.participant_count, 'participant')})?", abort=True)
         task = client.delete_task(name)
     if as_json:
         return show.print_json(task)
@@ -264,3 +284,17 @@ def tasks_state(
     if as_json:
         return show.print_json(state)
     show.out().print(show.task_panel(state))
+
+
+@reports_errors
+def tasks_rounds(
+    ctx: typer.Context, name: TaskName, api_url: ApiUrl = None, as_json: AsJson = False
+) -> None:
+    """Show each completed round: who contributed, metrics, evaluation and the model's digest."""
+    with session(ctx).client(api_url) as client:
+        rounds = client.rounds(name)
+    if as_json:
+        return show.print_json({"items": [r.model_dump(mode="json") for r in rounds]})
+    if not rounds:
+        return show.out().print("No round completed yet.")
+    show.out().print(show.rounds_table(rounds))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
@@ -13,6 +16,21 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """Local data is usable but not as asked (e.g. fewer samples than the task wants)."""
+
+
+def plain_data_warnings() -> None:
+    """Show DataWarnings as `warning: MESSAGE` (Python's default adds a source path and code line,
+    which mean nothing to the person whose data it is); other warnings are shown as before."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if issubclass(category, DataWarning):
+            print(f"warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 # eq=False: ndarray fields make the generated __eq__ ambiguous; identity is enough.

@@ -10,7 +10,8 @@ Specs are `NAME` or `NAME:ARGUMENT`:
 - `csv:PATH`              a header row, numeric features and an integer label column named by
                           option `label_column`; option `num_classes`
 - `welding[:ROBOT]`       seeded synthetic welding data (ml.data.welding), ROBOT FPS2 or
-                          FPD2 (both when omitted); options `robot`, `samples` (per robot)
+                          FPD2 (both when omitted); options `robot`, `samples` (per robot;
+                          default: each robot's own row count)
 
 Relative paths are read from `data_dir` when it is given. Both daemons use this module: the
 participant for its local data, the aggregator for its `--eval-data`.
@@ -32,7 +33,8 @@ from ml.data.dataset import DataError, Dataset, DataWarning
 from ml.data.mnist import load_mnist
 from ml.data.welding import load_welding
 
-DEFAULT_WELDING_SAMPLES = 2000
+# Options the `participate` command takes as flags; errors name the flag, not the keyword.
+OPTION_FLAGS = {"label_column": "--label-column", "robot": "--robot"}
 
 
 def load_dataset(spec: str, *, data_dir: str | Path | None = None, shard: str | None = None,
@@ -47,11 +49,16 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None, shard: str | 
     allowed = _OPTIONS[name]
     for key in given:
         if key not in allowed:
-            raise DataError(f"unknown option {key!r} for {name} "
-                            f"(known: {', '.join(sorted(allowed)) or 'none'})")
+            takes = ", ".join(option_name(k) for k in sorted(allowed)) or "nothing more"
+            raise DataError(f"{option_name(key)} does not apply to {name} data (it takes {takes})")
     base = Path(data_dir) if data_dir is not None else None
     dataset = _SOURCES[name](argument or None, base, seed, given)
     return dataset if shard is None else shard_dataset(dataset, *parse_shard(shard))
+
+
+def option_name(key: str) -> str:
+    """How a user names an option: the daemons' flag where there is one (`--label-column`)."""
+    return OPTION_FLAGS.get(key, f"option {key}")
 
 
 def known_sources() -> list[str]:
@@ -155,8 +162,8 @@ def _welding(argument: str | None, base: Path | None, seed: int,
              options: dict[str, Any]) -> Dataset:
     robot = options.get("robot", argument)
     if argument is not None and robot != argument:
-        raise DataError(f"welding:{argument} and option robot={robot!r} disagree")
-    samples = _int_option(options, "samples", DEFAULT_WELDING_SAMPLES)
+        raise DataError(f"welding:{argument} and --robot {robot} disagree")
+    samples = _int_option(options, "samples", 0) if "samples" in options else None
     return load_welding(robot, samples, seed)
 
 
@@ -212,7 +219,7 @@ def _csv(argument: str | None, base: Path | None, seed: int,
     path = _resolve(argument, base, "csv")
     label_column = options.get("label_column")
     if not label_column:
-        raise DataError(f"{path}: csv needs option label_column (the name of the label column)")
+        raise DataError(f"{path}: CSV data needs --label-column NAME (the column holding the labels)")
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
@@ -237,7 +244,8 @@ def _csv_header(path: Path, rows: list[list[str]], label_column: str
     if label_column not in header:
         if all(_is_number(h) for h in header):
             raise DataError(f"{path}: row 1 must be a header naming the columns")
-        raise DataError(f"{path}: no column {label_column!r} (columns: {', '.join(header)})")
+        raise DataError(f"{path}: no column {label_column!r} for --label-column "
+                        f"(columns: {', '.join(header)})")
     # Blank trailing lines are common in hand-edited files and carry nothing.
     return header, [row for row in rows[1:] if any(cell.strip() for cell in row)]
 
@@ -270,7 +278,7 @@ def _int_option(options: dict[str, Any], key: str, default: int) -> int:
         return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
-    raise DataError(f"option {key}={value!r}: must be a whole number")
+    raise DataError(f"{option_name(key)}={value!r}: must be a whole number")
 
 
 _Loader = Callable[[str | None, Path | None, int, dict[str, Any]], Dataset]
