@@ -111,7 +111,7 @@ def test_a_participant_may_not_delete(desktop: Any, api: ApiProcess) -> None:
     he forges with his own session and CSRF token is refused (403) and changes nothing."""
     alice, john = member(api, "alice"), member(api, "john")
     task = unique("t")
-    alice.client.create_task(task, {"quorum": 2, "rounds": 1})
+    alice.client.create_task(task, {"quorum": 2, "rounds": 1, "model": "digits-mlp"})
     john.client.join(task)
     log_in(desktop, api.url, john.name, PASSWORD)
     desktop.goto(f"{api.url}/tasks/{task}")

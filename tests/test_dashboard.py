@@ -53,10 +53,11 @@ def test_task_form_keys_errors_by_field() -> None:
     whole = forms.task_form({"name": "t", "quorum": "3", "rounds": "2", "max_participants": "2"})
     assert "below quorum" in whole.errors["_form"]
     good = forms.task_form({"name": "t1", "quorum": "2", "rounds": "3", "learning_rate": "0.01",
-                            "standardise": "1", "pom": "2", "model": "digits-mlp"})
+                            "standardise": "1", "pom": "2", "model": "digits-mlp", "training_size": "100"})
+    assert good.command is not None, good.errors
     assert good.command.definition.to_json() == {
-        "quorum": 2, "rounds": 3, "epochs": 1, "batch_size": 32, "learning_rate": 0.01,
-        "algorithm": "fedavg", "model": "digits-mlp", "standardise": True}
+        "quorum": 2, "rounds": 3, "epochs": 1, "batch_size": 32, "learning_rate": 0.01, "training_size": 100,
+        "algorithm": "fedavg", "aggregation": "fedavg", "model": "digits-mlp", "standardise": True}
     assert good.command.pom == 2
 
 
@@ -127,7 +128,7 @@ def test_a_participant_sees_no_delete_button_and_may_not_delete(api: ApiProcess)
     """Only the creator gets Delete; a forged delete by a participant is refused with 403."""
     alice, john = member(api, "alice"), member(api, "john")
     task = unique("t")
-    alice.client.create_task(task, {"quorum": 1, "rounds": 1})
+    alice.client.create_task(task, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     john.client.join(task)
     web = browser(api)
     token = csrf_of(web.get("/login").text)
@@ -159,7 +160,7 @@ def test_the_task_list_filters_and_pages(api: ApiProcess) -> None:
     alice = member(api, "pager")
     stem = unique("page")
     for index in range(pages.PAGE_SIZE + 5):
-        alice.client.create_task(f"{stem}-{index:02d}", {"quorum": 1, "rounds": 1}, pom=2)
+        alice.client.create_task(f"{stem}-{index:02d}", {"quorum": 1, "rounds": 1, "model": "digits-mlp", "training_size": 10}, pom=2)
     web = browser(api)
     token = csrf_of(web.get("/login").text)
     web.post("/login", data={"username": alice.name, "password": PASSWORD, "csrf_token": token})

@@ -62,9 +62,9 @@ def test_metrics_count_requests_commands_events_and_tasks(api: ApiProcess) -> No
     before = httpx.get(f"{api.url}/metrics", timeout=10).text
     alice = member(api, "metrics")
     name = unique("t")
-    alice.client.create_task(name, {"quorum": 1, "rounds": 1})
+    alice.client.create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     with pytest.raises(ConflictError):
-        alice.client.create_task(name, {"quorum": 1, "rounds": 1})
+        alice.client.create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     response = httpx.get(f"{api.url}/metrics", timeout=10)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     after = response.text
@@ -87,7 +87,7 @@ def test_rejected_updates_are_counted_by_reason(api: ApiProcess) -> None:
     """An UpdateRejected recorded by the aggregator shows under its reason's label."""
     alice, bob = member(api, "metrics"), member(api, "bob")
     name = unique("t")
-    alice.client.create_task(name, {"quorum": 1, "rounds": 1})
+    alice.client.create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     bob.client.join(name)
     alice.client.start_task(name)
     before = httpx.get(f"{api.url}/metrics", timeout=10).text
