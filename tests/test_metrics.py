@@ -89,6 +89,8 @@ def test_rejected_updates_are_counted_by_reason(api: ApiProcess) -> None:
     name = unique("t")
     alice.client.create_task(name, {"quorum": 1, "rounds": 1, "model": "digits-mlp"})
     bob.client.join(name)
+    alice.register_key()
+    bob.register_key()  # a task starts once every member has a signing key
     alice.client.start_task(name)
     before = httpx.get(f"{api.url}/metrics", timeout=10).text
     assert 'musketeer_updates_rejected_total{reason="duplicate"}' in before  # present at 0
