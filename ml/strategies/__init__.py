@@ -4,6 +4,10 @@ A strategy is made per round from the task's definition and the round's global w
 aggregator `add`s each accepted update as it arrives (checked first with `check_update`) and
 asks for the `result` once the round closes. `for_round` is the registry: a definition names
 a strategy, never code.
+
+A server optimiser (fedavgm, fedadam, fedyogi, fedadagrad; `server_optimiser_for`) then takes
+the strategy's result as the round's aggregate and steps the global model along the
+pseudo-gradient aggregate − global; it lives across rounds, a strategy for one round only.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from ml.strategies.fedavg import RunningAverage, Template, check_update, template_of
+from ml.strategies.server import ServerOptimiser
+from schema import algorithms
 
 Array = np.ndarray[Any, Any]
 
-__all__ = ["Strategy", "Template", "check_update", "for_round", "template_of"]
+__all__ = ["ServerOptimiser", "Strategy", "Template", "check_update", "for_round",
+           "server_optimiser_for", "template_of"]
 
 
 class Strategy(Protocol):
@@ -36,3 +43,10 @@ class Strategy(Protocol):
 def for_round(definition: dict[str, Any], global_weights: Sequence[Array]) -> Strategy:
     """The strategy the definition asks for, for a round starting from `global_weights`."""
     return RunningAverage(template_of(global_weights))
+
+
+def server_optimiser_for(definition: dict[str, Any], global_weights: Sequence[Array]
+                         ) -> ServerOptimiser | None:
+    """The task's server optimiser, fresh (None when the aggregate is the next model as it is)."""
+    settings = algorithms.server_optimiser(definition)
+    return None if settings is None else ServerOptimiser(settings, global_weights)
