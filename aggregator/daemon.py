@@ -14,6 +14,7 @@ import numpy as np
 from aggregator.broadcast import Broadcaster
 from aggregator.checkpoint import restore
 from aggregator.collect import Collector
+from aggregator.kmeans import run_kmeans
 from aggregator.model import build_initial, evaluation_data
 from aggregator.quorum import wait_for_quorum
 from aggregator.record import Recorder
@@ -24,7 +25,9 @@ from aggregator.verify import Gate
 from client import MusketeerClient, Task
 from client.profile import Profile
 from ml.payload import model_payload
+from ml.strategies import server_optimiser_for
 from schema import dataplane
+from schema.algorithms import KMEANS, contribution
 from schema.dataplane import ModelMeta
 from schema.lifecycle import TaskStatus
 from streams.eventlog import EventFeed
@@ -55,6 +58,9 @@ class Aggregator:
         if task.creator != me:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
+        if contribution(task.definition) is not None and not self.options.eval_data:
+            raise AggregationFailed(f"task '{self.name}' values contributions on held-out data: "
+                                    "pass --eval-data (and --eval-shard if it is shared)")
         broadcaster = Broadcaster(ResilientWriter(self.bootstrap, on_retry=self.progress), task)
         try:
             with EventFeed(self.bootstrap, self.events_topic) as feed:
@@ -79,16 +85,23 @@ class Aggregator:
             gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
-            model, meta, weights = self._restore(run) if done > 0 else self._start(run)
-            evaluation = evaluation_data(self.options, meta, run.mean, run.std)
-            for round_no in range(done + 1, meta.rounds + 1):
-                weights, result = run_round(run, round_no, meta, weights, model, evaluation)
-                self.results.append(result)
-            final = model_payload(meta, weights)
-            broadcaster.final(meta.rounds, final)
+            if task.definition.get("algorithm") == KMEANS:
+                last_round, final = run_kmeans(run, done, self.results)
+            else:
+                last_round, final = self._train_model(run, done)
+            broadcaster.final(last_round, final)
             stored = self.recorder.store_model(final, final=True)
             self.recorder.complete(stored.sha256)
             run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…")
+
+    def _train_model(self, run: TaskRun, done: int) -> tuple[int, bytes]:
+        """Every round after `done` of a Keras model; the last round and the final model."""
+        model, meta, weights = self._restore(run) if done > 0 else self._start(run)
+        evaluation = evaluation_data(self.options, meta, run.mean, run.std)
+        for round_no in range(done + 1, meta.rounds + 1):
+            weights, result = run_round(run, round_no, meta, weights, model, evaluation)
+            self.results.append(result)
+        return meta.rounds, model_payload(meta, weights)
 
     def _start(self, run: TaskRun) -> tuple[Any, ModelMeta, list[np.ndarray[Any, Any]]]:
         """Round 0: standardisation if asked, then the initial model, broadcast."""
@@ -96,6 +109,7 @@ class Aggregator:
             standardise(run)
         model, meta = build_initial(run.task, self.options, run.mean, run.std)
         weights = [np.asarray(w) for w in model.get_weights()]
+        run.optimiser = server_optimiser_for(run.task.definition, weights)
         run.broadcaster.architecture(model_payload(meta, weights))
         return model, meta, weights
 
@@ -107,6 +121,13 @@ class Aggregator:
             run.broadcaster.statistics(run.mean, run.std)
         run.broadcaster.keep_architecture(model_payload(checkpoint.meta, checkpoint.weights))
         run.say(f"restored the round {checkpoint.round} checkpoint (sha256 {checkpoint.sha256[:12]}…)")
+        run.optimiser = server_optimiser_for(run.task.definition, checkpoint.weights)
+        if run.optimiser is not None and checkpoint.server_state is not None:
+            run.optimiser.load_state(*checkpoint.server_state)
+            run.say(f"restored the {run.optimiser.settings.name} server optimiser's state "
+                    f"after {run.optimiser.steps} steps")
+        elif run.optimiser is not None:
+            run.say("the checkpoint holds no server optimiser state: the optimiser starts afresh")
         return checkpoint.model, checkpoint.meta, checkpoint.weights
 
     def _resend(self, run: TaskRun) -> None:

@@ -10,9 +10,12 @@ from aggregator.run import AggregationFailed, AggregatorOptions
 from client import Task
 from ml.data import Dataset, load_dataset
 from ml.keras_model import compile_model, keras, model_to_json
+from ml.linear import build_linear
 from ml.prepare import prepare
 from ml.registry import build_model, known_models, load_user_model, model_spec
 from ml.seeds import task_seed
+from schema.algorithms import LINEAR_MODELS, is_regression
+from schema.algorithms import parameters as algorithm_parameters
 from schema.dataplane import ModelMeta
 
 Array = np.ndarray[Any, Any]
@@ -25,7 +28,12 @@ def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
     keras.utils.set_random_seed(task_seed(task.task_id, task.definition))
     definition = task.definition
     learning_rate = float(definition.get("learning_rate", 0.001))
-    if options.model_file:
+    parameters = algorithm_parameters(definition)
+    if parameters.algorithm in LINEAR_MODELS:
+        model = build_linear(parameters, learning_rate)
+        name, input_shape = parameters.algorithm, [int(parameters.features or 1)]
+        num_classes = int(parameters.classes or 0) if parameters.algorithm == "logistic_regression" else 0
+    elif options.model_file:
         model = compile_model(load_user_model(options.model_file), learning_rate)
         name, input_shape = "user", list(model.input_shape[1:])
         num_classes = int(model.output_shape[-1])
@@ -45,7 +53,8 @@ def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
                      rounds=int(definition["rounds"]),
                      # The model is only usable with the inputs it was trained on.
                      feature_mean=None if mean is None else mean.tolist(),
-                     feature_std=None if std is None else std.tolist())
+                     feature_std=None if std is None else std.tolist(),
+                     objective="regression" if is_regression(definition) else "classification")
     return model, meta
 
 
@@ -55,5 +64,5 @@ def evaluation_data(options: AggregatorOptions, meta: ModelMeta, mean: Array | N
     if not options.eval_data:
         return None
     dataset = load_dataset(options.eval_data, data_dir=options.eval_data_dir,
-                           shard=options.eval_shard, seed=options.seed)
+                           shard=options.eval_shard, seed=options.seed, regression=meta.regression)
     return prepare(dataset, meta.input_shape, mean, std)

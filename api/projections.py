@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from api.store.sql import read_all_from
 from schema.events import (
+    ContributionsAssessed,
     Event,
     ParticipantJoined,
     ParticipantLeft,
@@ -30,7 +31,7 @@ from schema.events import (
 from schema.lifecycle import TaskStatus
 
 Conn = psycopg.Connection[Any]
-PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds")
+PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds", "contributions")
 
 
 def _task_id(record: RecordedEvent) -> str:
@@ -91,6 +92,16 @@ def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -
     _touch(conn, record)
 
 
+def _contributions_assessed(conn: Conn, event: ContributionsAssessed, record: RecordedEvent) -> None:
+    conn.execute(
+        "INSERT INTO contributions (task_id, round, method, metric, contributions, baseline, total,"
+        " data, permutations, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (_task_id(record), event.round, event.method, event.metric, Jsonb(event.values),
+         event.baseline, event.total, event.data, event.permutations, record.recorded_at),
+    )
+    _touch(conn, record)
+
+
 def _task_completed(conn: Conn, event: TaskCompleted, record: RecordedEvent) -> None:
     conn.execute("UPDATE tasks SET model_sha256 = %s WHERE task_id = %s",
                  (event.model_sha256, _task_id(record)))
@@ -129,6 +140,7 @@ _HANDLERS: dict[type[Event], Callable[[Conn, Any, RecordedEvent], None]] = {
     ParticipantLeft: _participant_left,
     TaskStarted: _status_setter(TaskStatus.STARTED),
     RoundCompleted: _round_completed,
+    ContributionsAssessed: _contributions_assessed,
     TaskCompleted: _task_completed,
     TaskFailed: _task_failed,
     TaskDeleted: _status_setter(TaskStatus.DELETED),

@@ -4,6 +4,7 @@ profile, saved credentials, and the user-facing `musketeer` commands.
 Imports: schema only (plus httpx, typer, rich). Notebooks: `from client import MusketeerClient`.
 """
 
+from client.contributions import Contribution, ContributionReport
 from client.errors import (
     AuthenticationError,
     ClientError,
@@ -37,6 +38,8 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "ConflictError",
+    "Contribution",
+    "ContributionReport",
     "IdempotencyKeyReusedError",
     "ModelInfo",
     "MusketeerClient",

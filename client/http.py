@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
+from client.contributions import ContributionCalls
 from client.credentials import load_credentials, same_url
 from client.errors import ServerError, error_from_response, unreachable
 from client.models import (
@@ -38,7 +39,7 @@ from client.retry import NO_RETRY, RetryPolicy, retry_after
 USER_AGENT = "musketeer-client/0.1"
 
 
-class MusketeerClient:
+class MusketeerClient(ContributionCalls):
     """A synchronous client of the Musketeer HTTP API v1."""
 
     def __init__(

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml.data import Dataset
+from ml.fedprox import fit_proximal
 from ml.keras_model import compile_model, evaluate, keras, local_state, model_from_json, restore_state
 from ml.prepare import feature_moments, prepare
 from ml.seeds import participant_seed
+from schema.algorithms import proximal_mu
 from schema.dataplane import ModelMeta, UpdateMeta
 from streams.codec import ArrayBundle, bundle_to_weights, encode_bundle, keras_weights_to_bundle
 
@@ -36,18 +39,15 @@ class Trained:
     seconds: float
 
 
-class LocalTraining:
-    """The task's model, rebuilt from its broadcast architecture, and the local splits."""
+class LocalData:
+    """What every local learner has: the local splits, the task, and the global statistics."""
 
     def __init__(self, train_raw: Dataset, test_raw: Dataset, task_id: str,
                  definition: dict[str, Any], place: int) -> None:
         self.train_raw, self.test_raw = train_raw, test_raw
         self.task_id, self.definition, self.place = task_id, definition, place
-        self.model: Any = None
-        self.meta: ModelMeta | None = None
         self.mean: Array | None = None
         self.std: Array | None = None
-        self._fresh: list[tuple[Any, Array]] = []
 
     def statistics(self) -> bytes:
         """The local feature moments a participant shares for federated standardisation."""
@@ -61,13 +61,33 @@ class LocalTraining:
         self.mean = np.asarray(bundle.arrays["mean"], dtype=np.float64)
         self.std = np.asarray(bundle.arrays["std"], dtype=np.float64)
 
+    def seed(self, round_no: int) -> int:
+        """Seeded per task, participant and round: a re-run trains the same way."""
+        return participant_seed(self.task_id, self.definition, self.place, round_no)
+
+    def opening(self) -> bytes | None:
+        """What to send before the first round, once the statistics are known (None: nothing)."""
+        return None
+
+
+class LocalTraining(LocalData):
+    """The task's model, rebuilt from its broadcast architecture, and the local splits."""
+
+    def __init__(self, train_raw: Dataset, test_raw: Dataset, task_id: str,
+                 definition: dict[str, Any], place: int) -> None:
+        super().__init__(train_raw, test_raw, task_id, definition, place)
+        self.model: Any = None
+        self.meta: ModelMeta | None = None
+        self._fresh: list[tuple[Any, Array]] = []
+
     def load(self, bundle: ArrayBundle, standardises: bool) -> None:
         """Take a broadcast model: rebuild it if its architecture is new, then set its weights."""
         meta = ModelMeta.model_validate(bundle.meta)
         if self.model is None or self.meta is None or meta.architecture != self.meta.architecture:
             # Seeded before the layers exist: their random generators (dropout) take it up.
             keras.utils.set_random_seed(self.seed(0))
-            self.model = compile_model(model_from_json(meta.architecture), meta.learning_rate)
+            self.model = compile_model(model_from_json(meta.architecture), meta.learning_rate,
+                                       regression=meta.regression)
             self._fresh = local_state(self.model)
             self.meta = meta
             if standardises and self.mean is None:
@@ -76,24 +96,35 @@ class LocalTraining:
             self.test = prepare(self.test_raw, meta.input_shape, self.mean, self.std)
         self.model.set_weights(bundle_to_weights(bundle))
 
-    def seed(self, round_no: int) -> int:
-        """Seeded per task, participant and round: a re-run trains the same way."""
-        return participant_seed(self.task_id, self.definition, self.place, round_no)
-
     def train_round(self, round_no: int) -> Trained:
         """Train from the loaded global weights; the update with its sample count and metrics."""
         assert self.meta is not None
         started = time.monotonic()
         keras.utils.set_random_seed(self.seed(round_no))
         restore_state(self._fresh)
-        self.model.fit(self.train.x, self.train.y, epochs=self.meta.epochs,
-                       batch_size=self.meta.batch_size, verbose=0, shuffle=True)
+        self._fit(round_no)
         metrics = self.evaluate()
         weights = [np.asarray(w) for w in self.model.get_weights()]
         meta = UpdateMeta(samples=len(self.train), test_samples=len(self.test), metrics=metrics)
         payload = encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
         return Trained(payload, metrics, time.monotonic() - started)
 
+    def _fit(self, round_no: int) -> None:
+        assert self.meta is not None
+        mu = proximal_mu(self.definition)
+        if mu > 0:  # FedProx: the proximal term keeps the update near the global model
+            fit_proximal(self.model, self.train.x, self.train.y, epochs=self.meta.epochs,
+                         batch_size=self.meta.batch_size, mu=mu, seed=self.seed(round_no))
+        else:
+            self.model.fit(self.train.x, self.train.y, epochs=self.meta.epochs,
+                           batch_size=self.meta.batch_size, verbose=0, shuffle=True)
+
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the current model on the local test split (empty without one)."""
         return evaluate(self.model, self.test) if len(self.test) else {}
+
+    def save(self, folder: Path) -> Path:
+        """Save the current (final) model as a Keras file in `folder`; its path."""
+        path = folder / "model.keras"
+        self.model.save(path)
+        return path

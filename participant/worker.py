@@ -19,8 +19,11 @@ from typing import Any
 from client import ClientError, MusketeerClient, Task
 from ml.data import load_dataset, split_and_sample
 from ml.seeds import task_seed
+from participant.kmeans import LocalKMeans
+from participant.linear import LocalLinear
 from participant.training import LocalTraining
 from schema import dataplane
+from schema.algorithms import KMEANS, LINEAR_MODELS, is_regression
 from schema.lifecycle import TaskStatus
 from streams.codec import ArrayBundle, CodecError, decode_bundle
 from streams.framing import Payload
@@ -81,7 +84,7 @@ class TaskWorker:
         self.progress = progress
         self.rounds_trained: list[int] = []
         self._sent: _Sent | None = None
-        self.training: LocalTraining | None = None
+        self.training: LocalTraining | LocalKMeans | None = None
 
     def run(self) -> WorkerResult:
         """Train every round; save and return the final model."""
@@ -90,6 +93,8 @@ class TaskWorker:
         if dataplane.wants_standardisation(self.task.definition):
             self._send(writer, dataplane.STATS, 0, self.training.statistics())
             self.say(f"sent feature statistics of {len(self.training.train_raw)} samples")
+        else:
+            self._open(writer)
         with PayloadReader(self.bootstrap, [str(self.task.topics.broadcast)]) as broadcasts:
             self.say("following the aggregator's broadcasts")
             return self._follow(broadcasts, writer)
@@ -98,10 +103,11 @@ class TaskWorker:
         """Progress, prefixed with the task's name."""
         self.progress(f"{self.task.name}: {text}")
 
-    def _local_training(self) -> LocalTraining:
+    def _local_training(self) -> LocalTraining | LocalKMeans:
         definition = self.task.definition
         raw = load_dataset(self.data.dataset, data_dir=self.data.data_dir, shard=self.data.shard,
-                           seed=self.data.seed, **self.data.options)
+                           seed=self.data.seed, regression=is_regression(definition),
+                           **self.data.options)
         train, test = split_and_sample(raw, definition.get("training_size"),
                                        definition.get("test_size"), self.data.seed)
         self.say(f"local data: {len(train)} training and {len(test)} test samples ({raw.name})")
@@ -109,7 +115,22 @@ class TaskWorker:
         # of a seeded task are identical even when the people in it have other names.
         members = sorted(p.username for p in self.task.participants)
         place = members.index(self.me) if self.me in members else task_seed(self.me)
-        return LocalTraining(train, test, self.task.task_id, definition, place)
+        algorithm = definition.get("algorithm")
+        if algorithm == KMEANS:
+            return LocalKMeans(train, test, self.task.task_id, definition, place)
+        learner = LocalLinear if algorithm in LINEAR_MODELS else LocalTraining
+        return learner(train, test, self.task.task_id, definition, place)
+
+    def _open(self, writer: ResilientWriter) -> None:
+        """Send what the algorithm needs before round 1 (K-means: candidate centres), once."""
+        assert self.training is not None
+        # A restarted participant of a task already training must not send it again.
+        if self.task.rounds_completed > 0:
+            return
+        opening = self.training.opening()
+        if opening is not None:
+            self._send(writer, dataplane.CANDIDATES, 0, opening)
+            self.say("sent local cluster means for the initial centroids")
 
     # -- the broadcast loop
 
@@ -145,6 +166,7 @@ class TaskWorker:
         if kind == dataplane.STANDARDISE:
             self.training.set_statistics(bundle)
             self.say("received the global mean and standard deviation")
+            self._open(writer)
         elif kind in (dataplane.ARCHITECTURE, dataplane.WEIGHTS, dataplane.FINAL):
             self.training.load(bundle, dataplane.wants_standardisation(self.task.definition))
             if kind == dataplane.FINAL:
@@ -187,8 +209,7 @@ class TaskWorker:
         digest = hashlib.sha256(data).hexdigest()
         folder = self.output / self.task.name
         folder.mkdir(parents=True, exist_ok=True)
-        model_path = folder / "model.keras"
-        self.training.model.save(model_path)
+        model_path = self.training.save(folder)
         (folder / "model.bundle").write_bytes(data)
         metrics = self.training.evaluate()
         report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":

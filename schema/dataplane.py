@@ -10,12 +10,18 @@ Updates topic (participant → aggregator, keyed by participant):
   `stats` round 0         per-feature "sums", "sums_sq" arrays and meta {"count"}
   `update` round r        trained weights, meta {"samples", "metrics", "test_samples"}
 
+K-means (`"algorithm": "kmeans"`) uses the same kinds with its own arrays: `architecture` and
+`weights` carry "centroids" (n_init, K, d) with `KMeansMeta`, `final` the best set (K, d); an
+`update` carries "sums" (n_init, K, d), "counts" (n_init, K) and "inertia" (n_init,); and before
+the first round each participant sends `candidates` (round 0): "centres" (m, d), "sizes" (m,),
+its local cluster means, from which the aggregator draws the initial centroids.
+
 Payloads are `streams.codec` bundles (arrays plus a JSON manifest): data, never code.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,9 +32,10 @@ FINAL = "final"
 STOP = "stop"
 STATS = "stats"
 UPDATE = "update"
+CANDIDATES = "candidates"
 
 BROADCAST_KINDS = frozenset({STANDARDISE, ARCHITECTURE, WEIGHTS, FINAL, STOP})
-UPDATE_KINDS = frozenset({STATS, UPDATE})
+UPDATE_KINDS = frozenset({STATS, UPDATE, CANDIDATES})
 
 
 class ModelMeta(BaseModel):
@@ -48,6 +55,14 @@ class ModelMeta(BaseModel):
         default=None, description="global per-feature mean to standardise inputs with, if any")
     feature_std: list[float] | None = Field(
         default=None, description="global per-feature std to standardise inputs with, if any")
+    objective: Literal["classification", "regression"] = Field(
+        default="classification",
+        description="classification (integer labels, cross-entropy) or regression (MSE)")
+
+    @property
+    def regression(self) -> bool:
+        """Whether the model predicts a continuous target."""
+        return self.objective == "regression"
 
 
 class UpdateMeta(BaseModel):
@@ -66,6 +81,22 @@ class StatsMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(ge=1)
+
+
+class KMeansMeta(BaseModel):
+    """What travels with K-means centroids (initial, per round and final)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["kmeans"] = "kmeans"
+    clusters: int = Field(ge=1)
+    n_init: int = Field(ge=1)
+    features: int = Field(ge=1)
+    rounds: int = Field(ge=1)
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
+    inertia: list[float] | None = Field(
+        default=None, description="per initialisation, of the centroids the last round started from")
 
 
 def wants_standardisation(definition: dict[str, Any]) -> bool:

@@ -25,11 +25,11 @@ def test_every_algorithm_is_accepted_with_its_defaults(algorithm: str) -> None:
 
 
 def test_defaults_per_algorithm() -> None:
-    """FedProx mu 0.01; fedavgm momentum 0.9; kmeans 3 inits; logistic 2 classes, no penalty."""
+    """FedProx mu 0.01; fedavgm momentum 0.5; kmeans 3 inits; logistic 2 classes, no penalty."""
     assert proximal_mu({"algorithm": "fedprox"}) == 0.01
     assert proximal_mu({"algorithm": "fedavg"}) == 0.0
     momentum = server_optimiser({"algorithm": "fedavgm"})
-    assert momentum is not None and (momentum.learning_rate, momentum.momentum) == (1.0, 0.9)
+    assert momentum is not None and (momentum.learning_rate, momentum.momentum) == (1.0, 0.5)
     assert parameters({"algorithm": "kmeans", "clusters": 5}).n_init == 3
     logistic = parameters({"algorithm": "logistic_regression", "features": 3})
     assert (logistic.classes, logistic.regularisation) == (2, 0.0)

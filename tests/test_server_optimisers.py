@@ -67,7 +67,7 @@ def test_each_optimiser_follows_the_papers_update_rule(name: str) -> None:
 def test_defaults_are_the_papers_and_fedavgm_without_momentum_is_fedavg() -> None:
     """Defaults fill in per algorithm; lr 1 and momentum 0 give back the aggregate exactly."""
     adam = server_optimiser({"algorithm": "fedadam"})
-    assert adam is not None and (adam.learning_rate, adam.beta_1, adam.beta_2, adam.tau) == (0.01, 0.9, 0.99, 1e-3)
+    assert adam is not None and (adam.learning_rate, adam.beta_1, adam.beta_2, adam.tau) == (0.03, 0.9, 0.99, 1e-3)
     assert server_optimiser({"algorithm": "fedavg"}) is None
     assert server_optimiser({"algorithm": "fedprox"}) is None
     rng = np.random.default_rng(2)

@@ -12,6 +12,10 @@ Specs are `NAME` or `NAME:ARGUMENT`:
 - `welding[:ROBOT]`       seeded synthetic welding data (ml.data.welding), ROBOT FPS2 or
                           FPD2 (both when omitted); options `robot`, `samples` (per robot)
 
+With `regression=True` (a linear-regression task) the target is continuous: csv and npz read
+any finite number as the target, welding gives the quality score WCLSRES before binning, and
+the image sets (which only have class labels) are refused.
+
 Relative paths are read from `data_dir` when it is given. Both daemons use this module: the
 participant for its local data, the aggregator for its `--eval-data`.
 """
@@ -36,8 +40,11 @@ DEFAULT_WELDING_SAMPLES = 2000
 
 
 def load_dataset(spec: str, *, data_dir: str | Path | None = None, shard: str | None = None,
-                 seed: int = 0, **options: Any) -> Dataset:
-    """The dataset a spec names, optionally only part `i/n` of it (parts numbered from 1)."""
+                 seed: int = 0, regression: bool = False, **options: Any) -> Dataset:
+    """The dataset a spec names, optionally only part `i/n` of it (parts numbered from 1).
+
+    `regression`: read a continuous target instead of class labels (linear regression).
+    """
     name, _, argument = spec.partition(":")
     if name not in _SOURCES:
         raise DataError(f"unknown data source {name!r} in {spec!r} "
@@ -50,6 +57,11 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None, shard: str | 
             raise DataError(f"unknown option {key!r} for {name} "
                             f"(known: {', '.join(sorted(allowed)) or 'none'})")
     base = Path(data_dir) if data_dir is not None else None
+    if regression:
+        if name in ("digits", "mnist"):
+            raise DataError(f"{name} has class labels, not a continuous target: a regression "
+                            "task needs csv, npz or welding data")
+        given["regression"] = True
     dataset = _SOURCES[name](argument or None, base, seed, given)
     return dataset if shard is None else shard_dataset(dataset, *parse_shard(shard))
 
@@ -157,7 +169,7 @@ def _welding(argument: str | None, base: Path | None, seed: int,
     if argument is not None and robot != argument:
         raise DataError(f"welding:{argument} and option robot={robot!r} disagree")
     samples = _int_option(options, "samples", DEFAULT_WELDING_SAMPLES)
-    return load_welding(robot, samples, seed)
+    return load_welding(robot, samples, seed, regression=bool(options.get("regression")))
 
 
 def _npz(argument: str | None, base: Path | None, seed: int,
@@ -189,11 +201,24 @@ def _tabular(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | None,
     if not np.all(np.isfinite(x)):
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise DataError(f"{path}: x[{row}] holds a NaN or infinite value")
+    if options.get("regression"):
+        return Dataset(x.astype(np.float32), _continuous_target(path, y, where), names, 0, f"{path.name}")
     labels = _integer_labels(path, y, where)
     num_classes = _int_option(options, "num_classes", int(labels.max(initial=-1)) + 1)
     if len(labels) and labels.max() >= num_classes:
         raise DataError(f"{path}: label {labels.max()} is not below num_classes={num_classes}")
     return Dataset(x.astype(np.float32), labels, names, num_classes, f"{path.name}")
+
+
+def _continuous_target(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+    """A regression target as float32; every value must be a finite number."""
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{path}: y must be a 1-D numeric array, got {y.dtype} {y.shape}")
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad):
+        raise DataError(f"{path}: target at {where(int(bad[0]))} is {y[bad[0]].item()!r}; "
+                        f"a regression target must be a finite number")
+    return y.astype(np.float32)
 
 
 def _integer_labels(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarray:

@@ -51,8 +51,11 @@ _SITES = {
 }
 
 
-def generate_welding(robot: str, samples: int, seed: int) -> Dataset:
-    """`samples` welds from one robot; the same (robot, seed) always gives the same data."""
+def generate_welding(robot: str, samples: int, seed: int, regression: bool = False) -> Dataset:
+    """`samples` welds from one robot; the same (robot, seed) always gives the same data.
+
+    `regression`: the target is the quality score WCLSRES itself (float32), not its class.
+    """
     if robot not in _SITES:
         raise DataError(f"welding option robot={robot!r}: use one of {', '.join(ROBOTS)}")
     if samples < 1:
@@ -67,17 +70,21 @@ def generate_welding(robot: str, samples: int, seed: int) -> Dataset:
     noise = np.clip(rng.normal(0.0, NOISE_SD, samples), -NOISE_BOUND, NOISE_BOUND)
     quality = current - resistance - 0.5 * dress_count / 200 + noise
     x = np.column_stack([counter, dress_count, 1e-4 + 1e-5 * resistance, 1e4 + 1e3 * current])
-    y = np.digitize(50.0 + 10.0 * quality, CLASS_EDGES)
+    score = 50.0 + 10.0 * quality
+    if regression:
+        return Dataset(x.astype(np.float32), score.astype(np.float32), list(FEATURES), 0,
+                       f"welding:{robot}")
+    y = np.digitize(score, CLASS_EDGES)
     return Dataset(x.astype(np.float32), y.astype(np.int64), list(FEATURES), NUM_CLASSES,
                    f"welding:{robot}")
 
 
-def load_welding(robot: str | None, samples: int, seed: int) -> Dataset:
+def load_welding(robot: str | None, samples: int, seed: int, regression: bool = False) -> Dataset:
     """One robot's welds, or both robots' (FPS2 first) when `robot` is None."""
     robots = [robot] if robot is not None else list(ROBOTS)
-    parts = [generate_welding(r, samples, seed) for r in robots]
+    parts = [generate_welding(r, samples, seed, regression) for r in robots]
     if len(parts) == 1:
         return parts[0]
     x = np.concatenate([p.x for p in parts])
     y = np.concatenate([p.y for p in parts])
-    return Dataset(x, y, list(FEATURES), NUM_CLASSES, "welding")
+    return Dataset(x, y, list(FEATURES), parts[0].num_classes, "welding")

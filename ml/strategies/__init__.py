@@ -5,6 +5,9 @@ aggregator `add`s each accepted update as it arrives (checked first with `check_
 asks for the `result` once the round closes. `for_round` is the registry: a definition names
 a strategy, never code.
 
+Linear and logistic regression fold gradients and Hessians instead, into a Newton step
+(`newton.py`): their `result` is the next model too.
+
 A server optimiser (fedavgm, fedadam, fedyogi, fedadagrad; `server_optimiser_for`) then takes
 the strategy's result as the round's aggregate and steps the global model along the
 pseudo-gradient aggregate − global; it lives across rounds, a strategy for one round only.
@@ -18,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ml.strategies.fedavg import RunningAverage, Template, check_update, template_of
+from ml.strategies.newton import NewtonStep
 from ml.strategies.server import ServerOptimiser
 from schema import algorithms
 
@@ -42,6 +46,11 @@ class Strategy(Protocol):
 
 def for_round(definition: dict[str, Any], global_weights: Sequence[Array]) -> Strategy:
     """The strategy the definition asks for, for a round starting from `global_weights`."""
+    parameters = algorithms.parameters(definition)
+    if parameters.algorithm in algorithms.LINEAR_MODELS:
+        # Linear and logistic regression: one Newton step on everyone's summed loss.
+        return NewtonStep(global_weights, float(parameters.regularisation or 0.0),
+                          logistic=parameters.algorithm == "logistic_regression")
     return RunningAverage(template_of(global_weights))
 
 
