@@ -12,6 +12,7 @@ import typer
 
 from client.cli.accounts import login, logout, register_user, whoami
 from client.cli.audit import audit_verify
+from client.cli.contributions import tasks_contributions
 from client.cli.session import ClientFactory, Session, client_from_profile
 from client.cli.tasks import (
     tasks_create,
@@ -33,6 +34,7 @@ TASK_COMMANDS: dict[str, Callable[..., Any]] = {
     "delete": tasks_delete,
     "history": tasks_history,
     "state": tasks_state,
+    "contributions": tasks_contributions,
 }
 
 
