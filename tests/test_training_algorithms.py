@@ -21,7 +21,7 @@ from sklearn.datasets import make_blobs
 from ml.kmeans import assign, read_centroids
 from tests.conftest import ApiProcess, unique
 from tests.fault_support import restart_after_kill, run_task
-from tests.training_support import daemon_env, dump, member, spawn, wait_all
+from tests.training_support import daemon_env, dump, member, spawn, train_welding, wait_all
 
 pytestmark = pytest.mark.integration
 
@@ -99,22 +99,10 @@ def test_linear_regression_with_shapley_contributions_on_the_welding_robots(
         api: ApiProcess, broker: Any, topic_prefix: str, tmp_path: Path) -> None:
     """FPS2 and FPD2 fit the quality score: rounds record MSE and R², every round's Shapley
     values are recorded for both robots, and `musketeer tasks show` prints them."""
-    alice, fps2, fpd2 = member(api, "alice"), member(api, "fps2"), member(api, "fpd2")
-    name = unique("regression")
-    alice.client.create_task(name, {"quorum": 2, "rounds": 3, "algorithm": "linear_regression",
-                                    "features": 4, "standardise": True, "training_size": 1500,
-                                    "test_size": 300, "seed": 1, "contribution": "shapley"})
-    fps2.client.join(name)
-    fpd2.client.join(name)
-    logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", "FPS2", "FPD2")}
-    processes = {"aggregator": spawn(
-        ["aggregate", name, "--eval-data", "welding", "--eval-seed", "7", "--round-timeout", "300"],
-        daemon_env(api, alice, broker.bootstrap, topic_prefix), logs["aggregator"])}
-    for robot, who in (("FPS2", fps2), ("FPD2", fpd2)):
-        processes[robot] = spawn(["participate", name, "--dataset", "welding", "--robot", robot,
-                                  "--output", str(tmp_path / robot)],
-                                 daemon_env(api, who, broker.bootstrap, topic_prefix), logs[robot])
-    wait_all(processes, logs, timeout_s=300)
+    name, alice, fps2, fpd2, logs = train_welding(
+        api, broker.bootstrap, topic_prefix, tmp_path,
+        {"quorum": 2, "rounds": 3, "algorithm": "linear_regression", "features": 4, "standardise": True,
+         "training_size": 1500, "test_size": 300, "seed": 1, "contribution": "shapley"}, "regression")
 
     recorded = alice.client.rounds(name)
     assert {"mse", "r2"} <= set(recorded[-1].eval_metrics) and recorded[-1].eval_metrics["r2"] >= 0.9
