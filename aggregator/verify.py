@@ -73,11 +73,12 @@ class Gate:
 
     def _historical(self, payload: Payload, kind: str) -> bool:
         # After a restart the updates topic is read from its start: rounds already recorded
-        # (and the statistics, once past them) are history, not attacks; skip them quietly.
+        # (and round 0's statistics and K-means candidates, once past them) are history, not
+        # attacks; skip them quietly.
         if self.resume_point < 0 or payload.task_id != self.task_id:
             return False
-        stats_over = kind != dataplane.STATS and payload.kind == dataplane.STATS
-        return stats_over or (payload.kind == dataplane.UPDATE and payload.round <= self.resume_point)
+        opening_over = kind != payload.kind and payload.kind in (dataplane.STATS, dataplane.CANDIDATES)
+        return opening_over or (payload.kind == dataplane.UPDATE and payload.round <= self.resume_point)
 
 
 def envelope_problem(payload: Payload, task_id: str, round_no: int, kind: str,

@@ -11,7 +11,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.mark.parametrize("script", ["api_bench.py", "round_bench.py", "faults.py"])
+@pytest.mark.parametrize("script", ["api_bench.py", "round_bench.py", "faults.py", "algorithms.py",
+                                    "sklearn_reference.py"])
 def test_bench_script_shows_its_help(script: str) -> None:
     """`--help` imports everything the script uses and describes it; a broken import fails here."""
     result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True,

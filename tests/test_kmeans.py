@@ -3,6 +3,8 @@ and clusterings as good as scikit-learn's on the union of the data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -148,3 +150,52 @@ def test_local_candidates_of_tiny_data_keep_only_filled_clusters() -> None:
     """Fewer samples than K: one candidate per distinct sample group, sizes adding up."""
     centres, sizes = local_candidates(np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]]), k=4, seed=0)
     assert len(centres) <= 3 and sizes.sum() == 3 and np.all(sizes >= 1)
+
+
+class _Recorder:
+    """Stands in for the API recorder: keeps what the gate refused."""
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    def reject(self, round_no: int, sender: str, reason: str, message_id: str | None) -> None:
+        self.refused.append(reason)
+
+
+def test_a_resumed_aggregator_skips_round_0_candidates_quietly() -> None:
+    """After a restart the updates topic is read from its start: the K-means candidates of
+    round 0 are history (skipped, not recorded as refused), like the statistics."""
+    from aggregator.verify import Gate
+    from schema import dataplane
+    from streams.framing import Payload
+    from streams.reader import Received
+
+    recorder = _Recorder()
+    gate = Gate("task", ["site1"], recorder, resume_point=3)  # type: ignore[arg-type]
+    for kind in (dataplane.CANDIDATES, dataplane.STATS):
+        old = Payload("task", 0, kind, "site1", f"{kind}-1", 0, "", b"")
+        assert gate.accept(Received(old, "updates", 0, 0), 4, dataplane.UPDATE, set()) is None
+    assert recorder.refused == []
+    fresh = Gate("task", ["site1"], recorder)  # type: ignore[arg-type]
+    stray = Payload("task", 0, dataplane.CANDIDATES, "site1", "c-2", 0, "", b"")
+    assert fresh.accept(Received(stray, "updates", 0, 0), 4, dataplane.UPDATE, set()) is None
+    assert recorder.refused and "unexpected message kind 'candidates'" in recorder.refused[0]
+
+
+def test_standardised_kmeans_saves_centroids_in_the_datas_own_units(tmp_path: Path) -> None:
+    """With "standardise": true the centroids live in standardised units; the CSV a participant
+    saves is in the data's own (a blob's centre around 1e4 stays around 1e4)."""
+    x, y = make_blobs(600, centers=3, n_features=2, cluster_std=0.5, random_state=6)
+    x = x * np.array([1.0, 1000.0]) + np.array([0.0, 1e4])
+    clustering = kmeans_federation({"quorum": 2, "rounds": 6, "algorithm": "kmeans", "clusters": 3,
+                                    "standardise": True, "seed": 2}, _sites(x, y, 2, np.arange(600)))
+    assert clustering.mean is not None and clustering.std is not None
+    assert np.all(np.abs(clustering.centroids) < 5), "standardised units"
+    data = Dataset(x.astype(np.float32), y.astype(np.int64), ["a", "b"], 3, "blobs")
+    learner = LocalKMeans(data, data.subset(np.arange(0), "none"), "t", {"algorithm": "kmeans", "clusters": 3}, 0)
+    learner.mean, learner.std, learner.centroids = clustering.mean, clustering.std, clustering.centroids
+    saved = np.loadtxt(learner.save(tmp_path), delimiter=",", skiprows=1)
+    reference = KMeans(3, n_init=3, random_state=0).fit(x).cluster_centers_
+    assert (tmp_path / "centroids.csv").read_text().startswith("a,b\n")
+    for centre in reference:
+        assert np.min(np.linalg.norm(saved - centre, axis=1)) < 0.05 * np.linalg.norm(centre)
