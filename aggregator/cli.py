@@ -34,7 +34,11 @@ def aggregate(
         help="Seconds to wait for the quorum (default: forever).")] = None,
     api_url: Annotated[str | None, typer.Option(help="The API (default: from the profile).")] = None,
 ) -> None:
-    """Wait for the quorum, then run every round of TASK: broadcast, FedAvg, evaluate, record."""
+    """Wait for the quorum, then run every round of TASK: broadcast, aggregate, evaluate, record.
+
+    The task's definition names the algorithm (fedavg, fedadam, fedprox, kmeans, ...); with
+    "contribution" set, --eval-data is required: each participant's update is valued on it.
+    """
     from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
 
     options = AggregatorOptions(eval_data=eval_data, eval_data_dir=eval_data_dir,

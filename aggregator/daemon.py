@@ -27,7 +27,7 @@ from client.profile import Profile
 from ml.payload import model_payload
 from ml.strategies import server_optimiser_for
 from schema import dataplane
-from schema.algorithms import KMEANS, contribution
+from schema.algorithms import KMEANS, LINEAR_MODELS, contribution
 from schema.dataplane import ModelMeta
 from schema.lifecycle import TaskStatus
 from streams.eventlog import EventFeed
@@ -58,9 +58,7 @@ class Aggregator:
         if task.creator != me:
             raise AggregationFailed(f"task '{self.name}' belongs to {task.creator}; only its "
                                     "creator runs its aggregator")
-        if contribution(task.definition) is not None and not self.options.eval_data:
-            raise AggregationFailed(f"task '{self.name}' values contributions on held-out data: "
-                                    "pass --eval-data (and --eval-shard if it is shared)")
+        check_options(task, self.options)
         broadcaster = Broadcaster(ResilientWriter(self.bootstrap, on_retry=self.progress), task)
         try:
             with EventFeed(self.bootstrap, self.events_topic) as feed:
@@ -142,6 +140,17 @@ class Aggregator:
                 attempt(reason)
             except Exception as exc:  # the original error is what matters
                 self.progress(f"  (could not {what}: {exc})")
+
+
+def check_options(task: Task, options: AggregatorOptions) -> None:
+    """Refuse, before anything starts, options the task's algorithm cannot use or must have."""
+    algorithm = str(task.definition.get("algorithm", "fedavg"))
+    if options.model_file and algorithm in LINEAR_MODELS | {KMEANS}:
+        raise AggregationFailed(f"task '{task.name}' is {algorithm}: the algorithm is the model, "
+                                "so --model does not apply")
+    if contribution(task.definition) is not None and not options.eval_data:
+        raise AggregationFailed(f"task '{task.name}' values contributions on held-out data: "
+                                "pass --eval-data (and --eval-shard if it is shared)")
 
 
 def failure_reason(error: BaseException) -> str:

@@ -140,3 +140,22 @@ def test_leave_one_out_in_the_last_round_only() -> None:
     assert valuation.method == "leave_one_out" and set(valuation.values) == {"site1", "site2"}
     assert valuation.total == pytest.approx(outcome.history[-1]["accuracy"])
     assert valuation.baseline == pytest.approx(outcome.history[0]["accuracy"])
+
+
+def test_the_aggregator_refuses_options_the_algorithm_cannot_use_before_starting() -> None:
+    """Valuing contributions without --eval-data, or --model on K-means or a linear model, is
+    refused with the reason before the task starts (nothing is recorded)."""
+    from aggregator.daemon import AggregationFailed, AggregatorOptions, check_options
+    from client import Task
+
+    def task(**definition: object) -> Task:
+        return Task(task_id="t", name="t", creator="alice", status="CREATED",
+                    definition={"quorum": 1, "rounds": 1, **definition})
+
+    with pytest.raises(AggregationFailed, match="pass --eval-data"):
+        check_options(task(contribution="shapley"), AggregatorOptions())
+    for algorithm in ("kmeans", "linear_regression"):
+        with pytest.raises(AggregationFailed, match="--model does not apply"):
+            check_options(task(algorithm=algorithm), AggregatorOptions(model_file="net.keras"))
+    check_options(task(contribution="shapley"), AggregatorOptions(eval_data="digits"))
+    check_options(task(), AggregatorOptions(model_file="net.keras"))
