@@ -129,8 +129,8 @@ def contributions() -> None:
     sites = [Site(name, *split_and_sample(data, None, None, 0)) for name, data in (
         ("alice", alice), ("carol (copy of alice)", alice.subset(np.arange(len(alice)), "copy")),
         ("bob", load_dataset("digits", shard="2/4")), ("dave (shuffled labels)", shuffled))]
-    print("### Contribution values (digits, 4 sites, digits-mlp, 3 rounds; exact Shapley on accuracy "
-          "over the held-out quarter)\n")
+    print("### Contribution values (digits, 4 sites, digits-mlp, 3 rounds; exact Shapley and "
+          "leave-one-out on accuracy over the held-out quarter)\n")
     for method in ("shapley", "leave_one_out"):
         outcome = keras_federation({"quorum": 4, "rounds": 3, "epochs": 2, "learning_rate": 0.01,
                                     "model": "digits-mlp", "seed": 1, "contribution": method},
