@@ -36,8 +36,9 @@ def aggregate(
 ) -> None:
     """Wait for the quorum, then run every round of TASK: broadcast, aggregate, evaluate, record.
 
-    The task's definition names the algorithm (fedavg, fedadam, fedprox, kmeans, ...); with
-    "contribution" set, --eval-data is required: each participant's update is valued on it.
+    The definition names the algorithm (fedavg, fedadam, fedprox, kmeans, logistic_regression, ...).
+
+    With "contribution" in the definition, --eval-data is required: every update is valued on it.
     """
     from aggregator.daemon import AggregationFailed, Aggregator, AggregatorOptions
 

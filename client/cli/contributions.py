@@ -42,9 +42,9 @@ def tasks_contributions(ctx: typer.Context, name: TaskName, api_url: ApiUrl = No
                         as_json: AsJson = False) -> None:
     """Show what each participant's data was worth: values per round and in total.
 
-    The aggregator values every update on its evaluation data when the task's definition has
-    "contribution": "leave_one_out" or "shapley"; values are in the task's metric (accuracy,
-    or R² for regression): what the participant's update added to the round's model.
+    Recorded when the definition has "contribution": "leave_one_out" or "shapley".
+
+    Values are in the task's metric (accuracy; R² for regression) on the aggregator's eval data.
     """
     with session(ctx).client(api_url) as client:
         report = client.contributions(name)
