@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) bench/api_bench.py
 	$(PY) bench/round_bench.py
 	$(PY) bench/faults.py
+	$(PY) bench/algorithms.py
+	$(PY) bench/sklearn_reference.py
 
 # A screenshot of every dashboard page (docs/screenshots/), from a real run in Debian's Chromium.
 screenshots: $(STAMP)

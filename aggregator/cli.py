@@ -51,7 +51,11 @@ def aggregate(
         help="text: readable lines; json: one JSON object per line (one per round, with its "
              "numbers), for log shippers.")] = "text",
 ) -> None:
-    """Wait for the quorum, then run every round of TASK: broadcast, FedAvg, evaluate, record."""
+    """Wait for the quorum, then run every round of TASK: broadcast, aggregate, evaluate, record.
+
+    The definition names the algorithm (fedavg, fedadam, fedprox, kmeans, logistic_regression, ...).
+    With "contribution" in the definition, --eval-data is required: every update is valued on it.
+    """
     from aggregator.daemon import AggregatorOptions
     from ml.data.dataset import plain_data_warnings
 

@@ -7,6 +7,7 @@ exists; a restarted aggregator resumes after the last recorded round.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from aggregator.broadcast import Broadcaster
 from aggregator.checkpoint import restore
 from aggregator.collect import Collector
+from aggregator.kmeans import run_kmeans
 from aggregator.model import build_initial, check_before_start, evaluation_data
 from aggregator.quorum import start_when_keyed, wait_for_quorum
 from aggregator.record import Recorder
@@ -36,7 +38,9 @@ from client.profile import Profile
 from ml.export import exported_model, keras_file_bytes
 from ml.payload import model_payload
 from ml.secagg.dp import Budget
+from ml.strategies import server_optimiser_for
 from schema import dataplane, privacy
+from schema.algorithms import KMEANS
 from schema.dataplane import ModelMeta
 from schema.lifecycle import TaskStatus
 from streams.config import Broker, KafkaSecurity
@@ -46,6 +50,16 @@ from streams.signing import Signer, Verifier
 from streams.writer import ResilientWriter
 
 __all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "QuorumNotReached", "RoundResult"]
+
+
+@dataclass
+class _Ended:
+    """How training ended: the final broadcast and model, why it stopped early, the `.keras` file."""
+
+    last_round: int
+    final: bytes
+    stopped: str | None = None
+    keras_file: bytes | None = None
 
 
 class Aggregator:
@@ -108,26 +122,37 @@ class Aggregator:
             gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
-            _, meta, weights = self._restore(run) if done > 0 else self._start(run)
-            evaluation = evaluation_data(self.options, meta)
-            budget, stopped = Budget.of(task.definition), None
-            for round_no in range(done + 1, meta.rounds + 1):
-                if budget is not None and (stopped := budget.stop_before(round_no)):
-                    run.say(stopped)
-                    break
-                # Keys are read again each round: a member's revocation counts from the next one.
-                verifier.update(self.client.task_member_keys(self.name))
-                epsilon = budget.after(round_no) if budget is not None else None
-                weights, result = run_round(run, round_no, meta, weights, evaluation, epsilon)
-                self.results.append(result)
-            final = model_payload(meta, weights)
-            broadcaster.final(meta.rounds, final)
-            stored = self.recorder.store_model(final, final=True)
-            # The model users take away: a .keras file with the standardisation inside.
-            exported = self.recorder.store_model(keras_file_bytes(exported_model(meta, weights)), final=True)
-            self.recorder.complete(stored.sha256, stopped, keras_sha256=exported.sha256)
-            run.say(f"COMPLETED, final model sha256 {stored.sha256[:12]}…, "
-                    f".keras sha256 {exported.sha256[:12]}…")
+            if task.definition.get("algorithm") == KMEANS:
+                ended = _Ended(*run_kmeans(run, done, self.results))
+            else:
+                ended = self._train_model(run, done, verifier)
+            broadcaster.final(ended.last_round, ended.final)
+            stored = self.recorder.store_model(ended.final, final=True)
+            said = f"COMPLETED, final model sha256 {stored.sha256[:12]}…"
+            keras_sha256 = None
+            if ended.keras_file is not None:
+                # The model users take away: a .keras file with the standardisation inside.
+                keras_sha256 = self.recorder.store_model(ended.keras_file, final=True).sha256
+                said += f", .keras sha256 {keras_sha256[:12]}…"
+            self.recorder.complete(stored.sha256, ended.stopped, keras_sha256=keras_sha256)
+            run.say(said)
+
+    def _train_model(self, run: TaskRun, done: int, verifier: Verifier) -> _Ended:
+        """Every round after `done` of a Keras model, until the last or the privacy budget's end."""
+        _, meta, weights = self._restore(run) if done > 0 else self._start(run)
+        evaluation = evaluation_data(self.options, meta)
+        budget, stopped = Budget.of(run.task.definition), None
+        for round_no in range(done + 1, meta.rounds + 1):
+            if budget is not None and (stopped := budget.stop_before(round_no)):
+                run.say(stopped)
+                break
+            # Keys are read again each round: a member's revocation counts from the next one.
+            verifier.update(self.client.task_member_keys(self.name))
+            epsilon = budget.after(round_no) if budget is not None else None
+            weights, result = run_round(run, round_no, meta, weights, evaluation, epsilon)
+            self.results.append(result)
+        return _Ended(meta.rounds, model_payload(meta, weights), stopped,
+                      keras_file_bytes(exported_model(meta, weights)))
 
     def _start(self, run: TaskRun) -> tuple[Any, ModelMeta, list[np.ndarray[Any, Any]]]:
         """Round 0: standardisation if asked, then the initial model, broadcast."""
@@ -138,6 +163,7 @@ class Aggregator:
                 standardise(run)
         model, meta = build_initial(run.task, self.options, run.mean, run.std)
         weights = [np.asarray(w) for w in model.get_weights()]
+        run.optimiser = server_optimiser_for(run.task.definition, weights)
         run.broadcaster.architecture(model_payload(meta, weights))
         return model, meta, weights
 
@@ -149,6 +175,13 @@ class Aggregator:
             run.broadcaster.statistics(run.mean, run.std)
         run.broadcaster.keep_architecture(model_payload(checkpoint.meta, checkpoint.weights))
         run.say(f"restored the round {checkpoint.round} checkpoint (sha256 {checkpoint.sha256[:12]}…)")
+        run.optimiser = server_optimiser_for(run.task.definition, checkpoint.weights)
+        if run.optimiser is not None and checkpoint.server_state is not None:
+            run.optimiser.load_state(*checkpoint.server_state)
+            run.say(f"restored the {run.optimiser.settings.name} server optimiser's state "
+                    f"after {run.optimiser.steps} steps")
+        elif run.optimiser is not None:
+            run.say("the checkpoint holds no server optimiser state: the optimiser starts afresh")
         return checkpoint.model, checkpoint.meta, checkpoint.weights
 
     def _resend(self, run: TaskRun) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from aggregator.verify import Accepted, metrics_problem
 from ml.standardise import Moments
 from ml.strategies import Strategy, check_update
+from ml.strategies.fedavg import UpdateRejected
 from schema.dataplane import StatsMeta, UpdateMeta
 from streams.codec import CodecError, bundle_to_weights
 
@@ -45,7 +46,10 @@ def fold_update(average: Strategy, accepted: Accepted, sample_cap: int | None = 
     problem = check_update(average.template, weights) or metrics_problem(meta)
     if problem:
         return Refused(problem)
-    average.add(weights, meta.samples)
+    try:
+        average.add(weights, meta.samples)
+    except UpdateRejected as exc:  # a strategy's own checks (K-means: counts must add up)
+        return Refused(str(exc))
     return meta
 
 

@@ -11,17 +11,32 @@ from client import Task
 from ml.data import Dataset, load_dataset
 from ml.export import ExportedScorer, raw_inputs
 from ml.keras_model import compile_model, keras, model_to_json
+from ml.linear import build_linear
 from ml.registry import build_model, known_models, load_user_model, model_spec
 from ml.seeds import task_seed
+from schema.algorithms import KMEANS, LINEAR_MODELS, contribution, is_regression
+from schema.algorithms import parameters as algorithm_parameters
 from schema.dataplane import ModelMeta
 from schema.definition import USER_MODEL
 
 Array = np.ndarray[Any, Any]
 
 
+def check_options(task: Task, options: AggregatorOptions) -> None:
+    """Refuse options the task's algorithm cannot use or must have (nothing is read yet)."""
+    algorithm = str(task.definition.get("algorithm", "fedavg"))
+    if options.model_file and algorithm in LINEAR_MODELS | {KMEANS}:
+        raise AggregationFailed(f"task '{task.name}' is {algorithm}: the algorithm is the model, "
+                                "so --model does not apply")
+    if contribution(task.definition) is not None and not options.eval_data:
+        raise AggregationFailed(f"task '{task.name}' values contributions on held-out data: "
+                                "pass --eval-data (and --eval-shard if it is shared)")
+
+
 def check_before_start(task: Task, options: AggregatorOptions) -> None:
     """Refuse, before the task starts, a model file it does not ask for or cannot use, and eval
     data that cannot be read: such mistakes would otherwise fail the task for good."""
+    check_options(task, options)
     named = task.definition.get("model")
     # A task resumed after a recorded round rebuilds its model from that checkpoint: no file needed.
     if named == USER_MODEL and not options.model_file and task.rounds_completed == 0:
@@ -34,8 +49,10 @@ def check_before_start(task: Task, options: AggregatorOptions) -> None:
     if options.model_file:
         load_user_model(options.model_file)  # ModelError, naming the file, if it is unusable
     if options.eval_data:
+        # DataError naming the file, flag or shard at fault.
         load_dataset(options.eval_data, data_dir=options.eval_data_dir, shard=options.eval_shard,
-                     seed=options.seed)  # DataError naming the file, flag or shard at fault
+                     seed=options.seed, regression=is_regression(task.definition),
+                     label_column=options.eval_label_column)
 
 
 def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
@@ -45,7 +62,12 @@ def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
     keras.utils.set_random_seed(task_seed(task.task_id, task.definition))
     definition = task.definition
     learning_rate = float(definition.get("learning_rate", 0.001))
-    if options.model_file:
+    parameters = algorithm_parameters(definition)
+    if parameters.algorithm in LINEAR_MODELS:
+        model = build_linear(parameters, learning_rate)
+        name, input_shape = parameters.algorithm, [int(parameters.features or 1)]
+        num_classes = int(parameters.classes or 0) if parameters.algorithm == "logistic_regression" else 0
+    elif options.model_file:
         model = compile_model(load_user_model(options.model_file), learning_rate)
         name, input_shape = "user", list(model.input_shape[1:])
         num_classes = int(model.output_shape[-1])
@@ -65,7 +87,8 @@ def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
                      rounds=int(definition["rounds"]),
                      # The model is only usable with the inputs it was trained on.
                      feature_mean=None if mean is None else mean.tolist(),
-                     feature_std=None if std is None else std.tolist())
+                     feature_std=None if std is None else std.tolist(),
+                     objective="regression" if is_regression(definition) else "classification")
     return model, meta
 
 
@@ -87,5 +110,6 @@ def evaluation_data(options: AggregatorOptions, meta: ModelMeta) -> Evaluation |
         return None
     data_options = {"label_column": options.eval_label_column}
     dataset = load_dataset(options.eval_data, data_dir=options.eval_data_dir,
-                           shard=options.eval_shard, seed=options.seed, **data_options)
+                           shard=options.eval_shard, seed=options.seed, regression=meta.regression,
+                           **data_options)
     return Evaluation(meta, dataset)

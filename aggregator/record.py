@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from client import MusketeerClient, StoredModel, Task
+from ml.contribution import Valuation
 from schema.lifecycle import TaskStatus
 
 Progress = Callable[[str], None]
@@ -35,6 +36,13 @@ class Recorder:
         self.client.record_round(self.name, round_no, participants=participants,
                                  model_sha256=model_sha256, samples=samples, metrics=metrics,
                                  eval_metrics=eval_metrics, duration_s=round(duration_s, 3), epsilon=epsilon)
+
+    def contributions(self, round_no: int, valuation: Valuation, metric: str, data: str) -> None:
+        """Record ContributionsAssessed for a recorded round."""
+        self.client.record_contributions(
+            self.name, round_no, method=valuation.method, metric=metric, values=valuation.values,
+            baseline=valuation.baseline, total=valuation.total, data=data[:500],
+            permutations=valuation.permutations)
 
     def missed(self, round_no: int, participants: list[str]) -> None:
         """Record who the round now closing goes without."""

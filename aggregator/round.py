@@ -13,13 +13,21 @@ from typing import Any
 import numpy as np
 
 from aggregator.collect import deadline_after
+from aggregator.contribution import (
+    KeptUpdates,
+    RoundStart,
+    keep_updates_if_valued,
+    record_values,
+    value_updates,
+)
 from aggregator.fold import Refused, fold_update
 from aggregator.model import Evaluation
 from aggregator.run import AggregationFailed, RoundResult, TaskRun
 from aggregator.secure import secure_update
 from client.daemonlog import log_round
-from ml.payload import model_payload
-from ml.strategies import Strategy, for_round
+from ml.payload import checkpoint_payload, model_payload
+from ml.seeds import task_seed
+from ml.strategies import ServerOptimiser, Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
 from schema import dataplane, privacy
 from schema.dataplane import ModelMeta
@@ -33,13 +41,23 @@ def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, ev
     """Train round `round_no` from `weights`; return the new weights and what was recorded."""
     run.broadcaster.weights(round_no, model_payload(meta, weights))
     started = time.monotonic()
+    definition = run.task.definition
+    valuation = None
     if privacy.secure(run.task.pom):
-        new_weights, who, metrics = secure_update(run, round_no, weights, round_timeout(run))
+        aggregate, who, metrics = secure_update(run, round_no, weights, round_timeout(run))
         samples: dict[str, int] = {}  # each member's count is inside the masked sum, unknown here
     else:
-        average, samples, reports = _collect_and_fold(run, round_no, for_round(run.task.definition, weights))
-        new_weights, who, metrics = average.result(), sorted(samples), weighted_metrics(reports)
-    return record_round(run, round_no, meta, new_weights, evaluation, Outcome(who, samples, metrics, started, epsilon))
+        strategy = keep_updates_if_valued(definition, round_no, for_round(definition, weights))
+        average, samples, reports = collect_and_fold(run, round_no, strategy)
+        aggregate, who, metrics = average.result(), sorted(samples), weighted_metrics(reports)
+        seed = task_seed(run.task.task_id, definition) + round_no
+        valuation = value_updates(RoundStart(definition, weights, run.optimiser, seed), strategy, evaluation)
+    # A server optimiser steps along aggregate − global; without one the aggregate is the model.
+    new_weights = next_global(run.optimiser, weights, aggregate)
+    outcome = Outcome(who, samples, metrics, started, epsilon)
+    result = record_round(run, round_no, meta, new_weights, evaluation, outcome)
+    record_values(run, round_no, valuation, meta, evaluation)
+    return result
 
 
 @dataclass
@@ -55,9 +73,11 @@ class Outcome:
 
 def record_round(run: TaskRun, round_no: int, meta: ModelMeta, new_weights: Weights,
                  evaluation: Evaluation | None, outcome: Outcome) -> tuple[Weights, RoundResult]:
-    """Score the new model (as exported: what a user downloads), store it, record RoundCompleted."""
+    """Score the new model (as exported: what a user downloads), store it with the server
+    optimiser's state, record RoundCompleted."""
     eval_metrics = evaluation.score(new_weights) if evaluation is not None else {}
-    stored = run.recorder.store_model(model_payload(meta, new_weights), round_no=round_no)
+    state = None if run.optimiser is None else run.optimiser.state()
+    stored = run.recorder.store_model(checkpoint_payload(meta, new_weights, state), round_no=round_no)
     duration = time.monotonic() - outcome.started
     who, metrics = outcome.participants, outcome.metrics
     run.recorder.round(round_no, participants=who, model_sha256=stored.sha256, samples=outcome.samples,
@@ -74,7 +94,12 @@ def round_timeout(run: TaskRun) -> float:
     return float(run.task.definition.get("round_timeout_s") or run.options.round_timeout_s)
 
 
-def _collect_and_fold(run: TaskRun, round_no: int, average: Strategy
+def next_global(optimiser: ServerOptimiser | None, weights: Weights, aggregate: Weights) -> Weights:
+    """The next global model: the server optimiser's step from `weights`, or the aggregate itself."""
+    return aggregate if optimiser is None else optimiser.step(weights, aggregate)
+
+
+def collect_and_fold(run: TaskRun, round_no: int, average: Strategy
                       ) -> tuple[Strategy, dict[str, int], list[tuple[dict[str, float], int]]]:
     samples: dict[str, int] = {}
     reports: list[tuple[dict[str, float], int]] = []
@@ -89,6 +114,8 @@ def _collect_and_fold(run: TaskRun, round_no: int, average: Strategy
             run.recorder.reject(round_no, accepted.sender, outcome.reason, None)
             continue
         run.gate.counted(accepted)
+        if isinstance(average, KeptUpdates):
+            average.claim(accepted.sender)
         samples[accepted.sender] = outcome.samples
         reports.append((outcome.metrics, max(outcome.test_samples, 1)))
     if len(samples) < len(run.participants):
@@ -108,15 +135,15 @@ def _close_without(run: TaskRun, round_no: int, samples: dict[str, int], timeout
     run.say(f"round {round_no} goes on without {', '.join(missing)} (deadline {timeout_s:g} s)")
 
 
+# The metrics a progress line shows, when a round has them (loss first; it is not shown for eval).
+_SHOWN = ("loss", "accuracy", "r2", "inertia_per_sample")
+
+
 def round_line(name: str, round_no: int, rounds: int, metrics: dict[str, float],
                eval_metrics: dict[str, float], duration: float) -> str:
     """The progress line of a completed round."""
     parts = [f"task {name}: round {round_no}/{rounds}"]
-    if "loss" in metrics:
-        parts.append(f"loss {metrics['loss']:.4f}")
-    if "accuracy" in metrics:
-        parts.append(f"accuracy {metrics['accuracy']:.4f}")
-    if "accuracy" in eval_metrics:
-        parts.append(f"eval accuracy {eval_metrics['accuracy']:.4f}")
+    parts += [f"{key} {metrics[key]:.4f}" for key in _SHOWN if key in metrics]
+    parts += [f"eval {key} {eval_metrics[key]:.4f}" for key in _SHOWN[1:] if key in eval_metrics]
     parts.append(f"{duration:.1f} s")
     return ", ".join(parts)

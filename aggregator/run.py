@@ -13,6 +13,7 @@ from aggregator.collect import Collector
 from aggregator.record import Recorder
 from aggregator.verify import Gate
 from client import Task
+from ml.strategies import ServerOptimiser
 
 Progress = Callable[[str], None]
 
@@ -70,6 +71,8 @@ class TaskRun:
     # The global feature statistics, when the task standardises (seed §3.4.2).
     mean: np.ndarray[Any, Any] | None = None
     std: np.ndarray[Any, Any] | None = None
+    # The server optimiser (fedavgm, fedadam, ...), whose state lives across rounds.
+    optimiser: ServerOptimiser | None = None
 
     def say(self, text: str) -> None:
         """Progress, prefixed with the task's name."""

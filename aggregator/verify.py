@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregator.record import Recorder
+from schema import dataplane
 from schema.dataplane import UpdateMeta
 from streams.codec import ArrayBundle, CodecError, decode_bundle
 from streams.framing import Payload
@@ -72,9 +73,13 @@ class Gate:
 
     def _historical(self, payload: Payload, kind: str) -> bool:
         # After a restart the updates topic is read from its start: rounds already recorded
-        # (and the statistics, once past them) are history, not attacks; skip them quietly.
+        # (and round 0's statistics and K-means candidates, once past them) are history, not
+        # attacks; skip them quietly.
         if self.resume_point < 0 or payload.task_id != self.task_id:
             return False
+        opening = (dataplane.STATS, dataplane.CANDIDATES)
+        if payload.kind in opening:
+            return kind != payload.kind
         return payload.round <= self.resume_point
 
 

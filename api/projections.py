@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from api.store.sql import read_all_from
 from schema.events import (
+    ContributionsAssessed,
     Event,
     MemberKeyRegistered,
     MemberKeyRevoked,
@@ -32,7 +33,8 @@ from schema.events import (
 from schema.lifecycle import TaskStatus
 
 Conn = psycopg.Connection[Any]
-PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds", "member_keys")
+PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds", "member_keys",
+                                     "contributions")
 
 
 def _task_id(record: RecordedEvent) -> str:
@@ -113,6 +115,16 @@ def _round_completed(conn: Conn, event: RoundCompleted, record: RecordedEvent) -
     _touch(conn, record)
 
 
+def _contributions_assessed(conn: Conn, event: ContributionsAssessed, record: RecordedEvent) -> None:
+    conn.execute(
+        "INSERT INTO contributions (task_id, round, method, metric, contributions, baseline, total,"
+        " data, permutations, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (_task_id(record), event.round, event.method, event.metric, Jsonb(event.values),
+         event.baseline, event.total, event.data, event.permutations, record.recorded_at),
+    )
+    _touch(conn, record)
+
+
 def _task_completed(conn: Conn, event: TaskCompleted, record: RecordedEvent) -> None:
     conn.execute("UPDATE tasks SET model_sha256 = %s, keras_sha256 = %s, completion_reason = %s WHERE task_id = %s",
                  (event.model_sha256, event.keras_sha256, event.reason, _task_id(record)))
@@ -153,6 +165,7 @@ _HANDLERS: dict[type[Event], Callable[[Conn, Any, RecordedEvent], None]] = {
     ParticipantLeft: _participant_left,
     TaskStarted: _task_started,
     RoundCompleted: _round_completed,
+    ContributionsAssessed: _contributions_assessed,
     TaskCompleted: _task_completed,
     TaskFailed: _task_failed,
     TaskDeleted: _status_setter(TaskStatus.DELETED),

@@ -12,7 +12,8 @@ from api.projections import PROJECTION_TABLES, rebuild
 
 # Primary keys give every snapshot a stable order to compare.
 _ORDER = {"users": "username", "tasks": "task_id", "memberships": "task_id, username",
-          "rounds": "task_id, round", "member_keys": "fingerprint"}
+          "rounds": "task_id, round", "member_keys": "fingerprint",
+          "contributions": "task_id, round"}
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,16 @@ from api.errors import Conflict, Forbidden, InvalidInput
 from api.handlers import Context, Result, load_task, require_transition
 from api.keys import KeyCommands, keys_in_force
 from api.store import Session
-from schema.commands import CompleteTask, FailTask, RecordMissed, RecordRejection, RecordRound
+from schema.commands import (
+    CompleteTask,
+    FailTask,
+    RecordContributions,
+    RecordMissed,
+    RecordRejection,
+    RecordRound,
+)
 from schema.events import (
+    ContributionsAssessed,
     ParticipantMissedRound,
     RoundCompleted,
     TaskCompleted,
@@ -174,3 +182,29 @@ class TrainingCommands(KeyCommands):
             return self._append_and_view(session, state, ctx, TaskFailed(reason=command.reason))
 
         return self._run(ctx, f"fail:{name}", command.model_dump(), decide)
+
+    def record_contributions(self, name: str, command: RecordContributions, ctx: Context) -> Result:
+        """Record what each participant's update was worth to a round already recorded."""
+
+        def decide(session: Session) -> Result:
+            state = load_task(session, name)
+            require_creator(state, ctx.actor, "record contributions")
+            require_started(state, "record contributions")
+            if not 1 <= command.round <= state.rounds_completed:
+                raise Conflict(f"task '{name}' has recorded {state.rounds_completed} rounds; "
+                               f"record round {command.round} before its contributions",
+                               {"rounds_completed": state.rounds_completed})
+            require_participants(state, list(command.values))
+            if _contributions_recorded(session, state, command.round):
+                raise Conflict(f"the contributions to round {command.round} of task '{name}' "
+                               "are already recorded")
+            event = ContributionsAssessed(**command.model_dump())
+            return self._append_and_view(session, state, ctx, event)
+
+        return self._run(ctx, f"contributions:{name}", command.model_dump(mode="json"), decide)
+
+
+def _contributions_recorded(session: Session, state: TaskState, round_no: int) -> bool:
+    """Whether the task's log already values the round (one assessment per round)."""
+    return any(r.type == ContributionsAssessed.type_name() and r.data.get("round") == round_no
+               for r in session.read_stream(task_stream(state.task_id)))

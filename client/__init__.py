@@ -4,6 +4,7 @@ profile, saved credentials, and the user-facing `musketeer` commands.
 Imports: schema only (plus httpx, typer, rich). Notebooks: `from client import MusketeerClient`.
 """
 
+from client.contributions import Contribution, ContributionReport
 from client.errors import (
     AuthenticationError,
     ClientError,
@@ -38,6 +39,8 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "ConflictError",
+    "Contribution",
+    "ContributionReport",
     "IdempotencyKeyReusedError",
     "MemberKeyInfo",
     "ModelInfo",

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from client.contributions import ContributionCalls
 from client.credentials import pick_token, same_url
 from client.endpoints import task_path as _task_path
 from client.errors import ServerError, error_from_response, unreachable
@@ -36,7 +37,7 @@ from client.training_api import TrainingApi
 USER_AGENT = "musketeer-client/0.1"
 
 
-class MusketeerClient(KeysApi, TrainingApi):
+class MusketeerClient(KeysApi, TrainingApi, ContributionCalls):
     """A synchronous client of the Musketeer HTTP API v1."""
 
     def __init__(

@@ -20,7 +20,7 @@ from ml.data.dataset import Dataset
 # `keras` is exported so that other modules take it from here, after the logs are quietened.
 __all__ = ["ModelError", "check_config", "compile_model", "confusion_matrix", "evaluate",
            "keras", "local_state", "model_from_json", "model_to_json", "predict_proba",
-           "restore_state"]
+           "predict_values", "regression_metrics", "restore_state"]
 
 # Classes that carry Python code inside a JSON config; never accepted from another process.
 _CODE_CLASSES = frozenset({"Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda"})
@@ -90,10 +90,16 @@ def _check_node(node: dict[str, Any]) -> None:
                          f"only Keras' own classes are accepted")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Compile for integer labels: Adam at `learning_rate`, cross-entropy, accuracy."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def compile_model(model: keras.Model, learning_rate: float, regression: bool = False) -> keras.Model:
+    """Compile for integer labels: Adam at `learning_rate`, cross-entropy, accuracy.
+
+    `regression`: mean squared error on a continuous target instead (linear regression).
+    """
+    if regression:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="mse")
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -135,12 +141,43 @@ def predict_proba(model: keras.Model, dataset: Dataset) -> np.ndarray:
 
 
 def evaluate(model: keras.Model, dataset: Dataset) -> dict[str, float]:
-    """Mean cross-entropy `loss` and `accuracy` on `dataset` (needs no compiled model)."""
+    """Mean cross-entropy `loss` and `accuracy` on `dataset` (needs no compiled model).
+
+    On a regression dataset: `loss` and `mse` (mean squared error) and `r2` (R²).
+    """
+    if dataset.is_regression:
+        return regression_metrics(dataset.y, predict_values(model, dataset))
     probabilities = predict_proba(model, dataset)
     # Clip as Keras' own cross-entropy does, so a confident mistake costs ~16, not inf.
     picked = np.clip(probabilities[np.arange(len(dataset)), dataset.y], 1e-7, 1.0)
     accuracy = np.mean(probabilities.argmax(axis=1) == dataset.y)
     return {"loss": float(-np.mean(np.log(picked))), "accuracy": float(accuracy)}
+
+
+def predict_values(model: keras.Model, dataset: Dataset) -> np.ndarray:
+    """A regression model's prediction for every sample of `dataset` (float64, 1-D)."""
+    if len(dataset) == 0:
+        raise ModelError(f"{dataset.name} is empty: nothing to evaluate")
+    try:
+        predicted = np.asarray(model.predict(dataset.x, batch_size=_PREDICT_BATCH, verbose=0))
+    except ValueError as error:
+        raise ModelError(f"the model cannot read {dataset.name} "
+                         f"(x shape {dataset.x.shape}): {error}") from error
+    if predicted.ndim != 2 or predicted.shape[1] != 1:
+        raise ModelError(f"a regression model outputs one value per sample, this one "
+                         f"{predicted.shape[1:]}")
+    return predicted[:, 0].astype(np.float64)
+
+
+def regression_metrics(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Mean squared error (as `loss` and `mse`) and R² of predictions against targets."""
+    truth = np.asarray(y, dtype=np.float64)
+    residual = float(np.sum(np.square(truth - predicted)))
+    spread = float(np.sum(np.square(truth - truth.mean())))
+    # A constant target leaves R² undefined; 0 says the model explains nothing beyond its mean.
+    r2 = 1.0 - residual / spread if spread > 0 else 0.0
+    mse = residual / len(truth)
+    return {"loss": mse, "mse": mse, "r2": r2}
 
 
 def confusion_matrix(model: keras.Model, dataset: Dataset) -> np.ndarray:

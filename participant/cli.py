@@ -13,8 +13,11 @@ from client.profile import Profile
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `participate` command to the console script."""
+    """Add the `participate` and `clusters` commands to the console script."""
     app.command("participate")(participate)
+    from participant import clusters  # its imports (NumPy, the data connectors) load on use
+
+    clusters.register(app)
 
 
 def participate(

@@ -11,6 +11,7 @@ from math import prod
 from typing import Any
 
 from ml.data import DataError, Dataset, load_dataset
+from schema.algorithms import is_regression
 from schema.definition import REGISTRY_MODELS
 
 
@@ -23,14 +24,18 @@ class DataOptions:
     shard: str | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
-    _loaded: Dataset | None = field(default=None, init=False, repr=False)
+    _loaded: dict[bool, Dataset] = field(default_factory=dict, init=False, repr=False)
 
-    def load(self) -> Dataset:
-        """The whole local dataset (read once; every task's worker shares it)."""
-        if self._loaded is None:
-            self._loaded = load_dataset(self.dataset, data_dir=self.data_dir, shard=self.shard,
-                                        seed=self.seed, **self.options)
-        return self._loaded
+    def load(self, regression: bool = False) -> Dataset:
+        """The whole local dataset, read once per kind of target (every task's worker shares it).
+
+        `regression`: read a continuous target (a linear-regression task) instead of classes.
+        """
+        if regression not in self._loaded:
+            self._loaded[regression] = load_dataset(
+                self.dataset, data_dir=self.data_dir, shard=self.shard, seed=self.seed,
+                regression=regression, **self.options)
+        return self._loaded[regression]
 
     def check_for(self, task_name: str, definition: dict[str, Any]) -> None:
         """DataError if the task's registry model cannot take this data (shape or classes)."""
@@ -39,7 +44,7 @@ class DataOptions:
             return  # the creator's own model: its shape is known when its architecture arrives
         from ml.registry import model_spec  # here: TensorFlow loads only once data is fine
 
-        dataset, spec = self.load(), model_spec(str(model))
+        dataset, spec = self.load(is_regression(definition)), model_spec(str(model))
         features, expected = prod(dataset.x.shape[1:]), prod(spec.input_shape)
         if features != expected:
             raise DataError(f"task '{task_name}' trains {model}, which takes {expected} values per "

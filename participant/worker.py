@@ -22,9 +22,12 @@ from ml.data import split_and_sample
 from ml.secagg.encoding import StatsLayout
 from ml.seeds import task_seed
 from participant.data import DataOptions
+from participant.kmeans import LocalKMeans
+from participant.linear import LocalLinear
 from participant.secure import SecureInputs
 from participant.training import LocalTraining
 from schema import dataplane, privacy
+from schema.algorithms import KMEANS, LINEAR_MODELS, is_regression
 from schema.keys import MemberKey
 from schema.lifecycle import TaskStatus
 from streams.codec import ArrayBundle, CodecError, decode_bundle
@@ -78,7 +81,7 @@ class TaskWorker:
         self.progress = progress
         self.rounds_trained: list[int] = []
         self._sent: _Sent | None = None
-        self.training: LocalTraining | None = None
+        self.training: LocalTraining | LocalKMeans | None = None
         self.secure: SecureInputs | None = None
 
     def run(self) -> WorkerResult:
@@ -93,6 +96,8 @@ class TaskWorker:
                                        lambda kind, r, data: self._send(writer, kind, r, data), self.say)
         if dataplane.wants_standardisation(self.task.definition):
             self._send_statistics(writer)
+        else:
+            self._open(writer)
         self.verifier = Verifier(self._creator_key())
         with PayloadReader(self.broker, [str(self.task.topics.broadcast)], verifier=self.verifier) as broadcasts:
             self.say("following the aggregator's broadcasts")
@@ -105,7 +110,7 @@ class TaskWorker:
     def _send_statistics(self, writer: ResilientWriter) -> None:
         assert self.training is not None
         if self.secure is not None:
-            self.secure.start(0, "mean", self._stats_layout().mean_input(self.training.features()))
+            self.secure.start(0, "mean", self._stats_layout().mean_input(self.training.train_features()))
         else:
             self._send(writer, dataplane.STATS, 0, self.training.statistics())
         self.say(f"sent feature statistics of {len(self.training.train_raw)} samples")
@@ -114,14 +119,14 @@ class TaskWorker:
         assert self.training is not None
         definition = self.task.definition
         cap = definition.get("max_samples", definition.get("training_size")) or 1
-        return StatsLayout(self.training.features().shape[1], int(cap), len(self.task.participants))
+        return StatsLayout(self.training.train_features().shape[1], int(cap), len(self.task.participants))
 
     def _creator_key(self) -> list[MemberKey]:
         return [k for k in self.client.task_member_keys(self.task.name) if k.username == self.task.creator]
 
-    def _local_training(self) -> LocalTraining:
+    def _local_training(self) -> LocalTraining | LocalKMeans:
         definition = self.task.definition
-        raw = self.data.load()
+        raw = self.data.load(regression=is_regression(definition))
         self.data.check_for(self.task.name, definition)
         train, test = split_and_sample(raw, definition.get("training_size"),
                                        definition.get("test_size"), self.data.seed)
@@ -130,7 +135,22 @@ class TaskWorker:
         # of a seeded task are identical even when the people in it have other names.
         members = sorted(p.username for p in self.task.participants)
         place = members.index(self.me) if self.me in members else task_seed(self.me)
-        return LocalTraining(train, test, self.task.task_id, definition, place)
+        algorithm = definition.get("algorithm")
+        if algorithm == KMEANS:
+            return LocalKMeans(train, test, self.task.task_id, definition, place)
+        learner = LocalLinear if algorithm in LINEAR_MODELS else LocalTraining
+        return learner(train, test, self.task.task_id, definition, place)
+
+    def _open(self, writer: ResilientWriter) -> None:
+        """Send what the algorithm needs before round 1 (K-means: candidate centres), once."""
+        assert self.training is not None
+        # A restarted participant of a task already training must not send it again.
+        if self.task.rounds_completed > 0:
+            return
+        opening = self.training.opening()
+        if opening is not None:
+            self._send(writer, dataplane.CANDIDATES, 0, opening)
+            self.say("sent local cluster means for the initial centroids")
 
     # -- the broadcast loop
 
@@ -168,11 +188,12 @@ class TaskWorker:
         kind = payload.kind
         if kind == dataplane.STANDARDISE and bundle.meta.get("phase") == "mean" and self.secure is not None:
             # Secure standardisation's second sum: squared deviations from the global mean.
-            squares = self._stats_layout().var_input(self.training.features(), bundle.arrays["mean"])
+            squares = self._stats_layout().var_input(self.training.train_features(), bundle.arrays["mean"])
             self.secure.start(0, "var", squares)
         elif kind == dataplane.STANDARDISE:
             self.training.set_statistics(bundle)
             self.say("received the global mean and standard deviation")
+            self._open(writer)
         elif kind in dataplane.SECURE_BROADCASTS and self.secure is not None:
             self.secure.on_broadcast(kind, payload.round, bundle)
         elif kind in (dataplane.ARCHITECTURE, dataplane.WEIGHTS, dataplane.FINAL):
@@ -223,8 +244,7 @@ class TaskWorker:
         digest = hashlib.sha256(data).hexdigest()
         folder = self.output / self.task.name
         folder.mkdir(parents=True, exist_ok=True)
-        model_path = folder / "model.keras"
-        self.training.exported().save(model_path)
+        model_path = self.training.save(folder)
         (folder / "model.bundle").write_bytes(data)
         metrics = self.training.evaluate()
         report = {"task": self.task.name, "final_sha256": digest, "rounds_trained":

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from schema import privacy
 from schema.definition import MAX_ROUNDS, TaskDefinition, check_storable_text
@@ -136,4 +144,25 @@ class RegisterKey(BaseModel):
     @classmethod
     def _is_ed25519(cls, value: str) -> str:
         decode_public_key(value)
+        return value
+
+
+class RecordContributions(BaseModel):
+    """The aggregator reports what each participant's update was worth to a recorded round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=1, le=MAX_ROUNDS)
+    method: Literal["leave_one_out", "shapley_exact", "shapley_monte_carlo"]
+    metric: MetricName
+    values: dict[Username, FiniteFloat] = Field(min_length=1, max_length=10_000)
+    baseline: FiniteFloat
+    total: FiniteFloat
+    data: str = Field(min_length=1, max_length=500, description="the evaluation data used")
+    permutations: int | None = Field(default=None, ge=1, le=100_000)
+
+    @field_validator("data", "metric")
+    @classmethod
+    def _storable(cls, value: str, info: ValidationInfo) -> str:
+        check_storable_text(value, str(info.field_name))
         return value

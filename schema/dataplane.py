@@ -23,12 +23,18 @@ Secure aggregation (privacy modes 2 and 3, ml.secagg), per round and instance (m
   `standardise` (aggregator) with meta {"phase": "mean"} and array "mean" only: the global mean,
                              before the squared deviations are summed
 
+K-means (`"algorithm": "kmeans"`) uses the same kinds with its own arrays: `architecture` and
+`weights` carry "centroids" (n_init, K, d) with `KMeansMeta`, `final` the best set (K, d); an
+`update` carries "sums" (n_init, K, d), "counts" (n_init, K) and "inertia" (n_init,); and before
+the first round each participant sends `candidates` (round 0): "centres" (m, d), "sizes" (m,),
+its local cluster means, from which the aggregator draws the initial centroids.
+
 Payloads are `streams.codec` bundles (arrays plus a JSON manifest): data, never code.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,9 +51,10 @@ SHARES = "shares"
 SHARE_LIST = "share-list"
 UNMASK = "unmask"
 REVEAL = "reveal"
+CANDIDATES = "candidates"
 
 BROADCAST_KINDS = frozenset({STANDARDISE, ARCHITECTURE, WEIGHTS, FINAL, STOP, ROSTER, SHARE_LIST, UNMASK})
-UPDATE_KINDS = frozenset({STATS, UPDATE, ADVERTISE, SHARES, REVEAL})
+UPDATE_KINDS = frozenset({STATS, UPDATE, CANDIDATES, ADVERTISE, SHARES, REVEAL})
 SECURE_BROADCASTS = frozenset({ROSTER, SHARE_LIST, UNMASK})
 
 
@@ -68,6 +75,14 @@ class ModelMeta(BaseModel):
         default=None, description="global per-feature mean to standardise inputs with, if any")
     feature_std: list[float] | None = Field(
         default=None, description="global per-feature std to standardise inputs with, if any")
+    objective: Literal["classification", "regression"] = Field(
+        default="classification",
+        description="classification (integer labels, cross-entropy) or regression (MSE)")
+
+    @property
+    def regression(self) -> bool:
+        """Whether the model predicts a continuous target."""
+        return self.objective == "regression"
 
 
 class UpdateMeta(BaseModel):
@@ -86,6 +101,22 @@ class StatsMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(ge=1)
+
+
+class KMeansMeta(BaseModel):
+    """What travels with K-means centroids (initial, per round and final)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["kmeans"] = "kmeans"
+    clusters: int = Field(ge=1)
+    n_init: int = Field(ge=1)
+    features: int = Field(ge=1)
+    rounds: int = Field(ge=1)
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
+    inertia: list[float] | None = Field(
+        default=None, description="per initialisation, of the centroids the last round started from")
 
 
 def wants_standardisation(definition: dict[str, Any]) -> bool:

@@ -6,9 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Algorithms a definition may name. A definition names an entry here; it never
-# names code to import (the seed's "neural_network.Aggregator" maps to "fedavg").
-ALGORITHMS: frozenset[str] = frozenset({"fedavg"})
+# Algorithms a definition may name (schema/algorithms.py, with their parameters). A definition
+# names an entry there; it never names code to import (the seed's "neural_network.Aggregator"
+# maps to "fedavg").
+from schema.algorithms import ALGORITHMS, NEURAL, check_algorithm
+
+__all__ = ["ALGORITHMS", "MAX_PARTICIPANTS", "MAX_ROUNDS", "MAX_SAMPLES", "SEED_ALGORITHM_ALIASES",
+           "SEED_FIELD_ALIASES", "TaskDefinition", "check_storable_text"]
 SEED_ALGORITHM_ALIASES: dict[str, str] = {
     "neural_network.Aggregator": "fedavg",
     "neural_network": "fedavg",
@@ -129,12 +133,14 @@ class TaskDefinition(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> TaskDefinition:
-        if self.algorithm not in ALGORITHMS:
-            known = ", ".join(sorted(ALGORITHMS))
-            raise ValueError(f"unknown algorithm '{self.algorithm}' (known: {known})")
+        check_algorithm(self.model_dump())
         if self.aggregation not in AGGREGATIONS:
             known = ", ".join(sorted(AGGREGATIONS))
             raise ValueError(f"unknown aggregation '{self.aggregation}' (known: {known})")
+        if self.algorithm not in NEURAL and (self.aggregation != "fedavg" or self.clip_norm is not None
+                                             or self.noise_multiplier is not None):
+            raise ValueError(f"aggregation, clip_norm and noise_multiplier apply to the neural algorithms "
+                             f"({', '.join(sorted(NEURAL))}), not to {self.algorithm}")
         if (self.min_updates is not None and self.max_participants is not None
                 and self.min_updates > self.max_participants):
             raise ValueError(

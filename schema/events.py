@@ -124,6 +124,23 @@ class UpdateRejected(Event):
     message_id: str | None = None
 
 
+class ContributionsAssessed(Event):
+    """The aggregator valued what each participant's update was worth to a round.
+
+    `values` are in units of `metric` (accuracy, R²) on the evaluation data `data`; `baseline`
+    is the round's starting model and `total` everyone's updates together.
+    """
+
+    round: int
+    method: str
+    metric: str
+    values: dict[str, float]
+    baseline: float
+    total: float
+    data: str
+    permutations: int | None = None
+
+
 class TaskCompleted(Event):
     """Training finished; the final model has this digest, its .keras export that one, and (if it
     ended before its last round) the reason."""
@@ -158,6 +175,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RoundCompleted,
         ParticipantMissedRound,
         UpdateRejected,
+        ContributionsAssessed,
         TaskCompleted,
         TaskFailed,
         TaskDeleted,

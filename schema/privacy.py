@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schema.algorithms import NEURAL
+
 IMPLEMENTED: dict[int, str] = {
     1: "plain",
     2: "secure aggregation",
@@ -53,6 +55,13 @@ def check(pom: int, definition: Any) -> None:
 def _check_secure(pom: int, definition: Any) -> None:
     if definition.quorum < 2:
         raise ValueError(f"pom {pom} needs a quorum of at least 2: the sum of one update is that update")
+    if definition.algorithm not in NEURAL:
+        raise ValueError(f"algorithm '{definition.algorithm}' cannot run with pom {pom}: secure "
+                         f"aggregation sums neural-network weights ({', '.join(sorted(NEURAL))}); "
+                         "use pom 1 for it")
+    if getattr(definition, "contribution", None) is not None:
+        raise ValueError(f"contribution values each participant's update; with pom {pom} the "
+                         "aggregator sees only their sum (use pom 1 to value contributions)")
     if definition.aggregation != "fedavg":
         raise ValueError(f"aggregation '{definition.aggregation}' needs each update; with pom {pom} the "
                          "aggregator sees only their sum (use fedavg, with clip_norm if you like)")

@@ -160,7 +160,8 @@ def test_the_task_list_filters_and_pages(api: ApiProcess) -> None:
     alice = member(api, "pager")
     stem = unique("page")
     for index in range(pages.PAGE_SIZE + 5):
-        alice.client.create_task(f"{stem}-{index:02d}", {"quorum": 2, "rounds": 1, "model": "digits-mlp", "training_size": 10}, pom=2)
+        definition = {"quorum": 2, "rounds": 1, "model": "digits-mlp", "training_size": 10}
+        alice.client.create_task(f"{stem}-{index:02d}", definition, pom=2)
     web = browser(api)
     token = csrf_of(web.get("/login").text)
     web.post("/login", data={"username": alice.name, "password": PASSWORD, "csrf_token": token})

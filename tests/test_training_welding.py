@@ -11,8 +11,8 @@ import pytest
 from schema import dataplane
 from streams.codec import decode_bundle
 from streams.reader import PayloadReader, Received
-from tests.conftest import ApiProcess, unique
-from tests.training_support import daemon_env, member, spawn, wait_all
+from tests.conftest import ApiProcess
+from tests.training_support import train_welding
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +34,11 @@ def test_welding_trains_federated_with_global_standardisation(
     """FPS2 and FPD2 share moments, not data; the broadcast mean/std equal numpy's on both."""
     from ml.data import load_dataset, split_and_sample
 
-    alice, fps2, fpd2 = member(api, "alice"), member(api, "fps2"), member(api, "fpd2")
-    name = unique("welding")
     definition = {"quorum": 2, "rounds": 3, "epochs": 5, "batch_size": 32,
                   "learning_rate": 0.01, "training_size": 1200, "test_size": 200,
                   "model": "welding-mlp", "standardise": True, "seed": 1}
-    task = alice.client.create_task(name, definition)
-    fps2.client.join(name)
-    fpd2.client.join(name)
-    logs = {who: tmp_path / f"{who}.log" for who in ("aggregator", "FPS2", "FPD2")}
-    processes = {"aggregator": spawn(
-        ["aggregate", name, "--eval-data", "welding", "--eval-seed", "7", "--round-timeout", "300"],
-        daemon_env(api, alice, broker.bootstrap, topic_prefix), logs["aggregator"])}
-    for robot, who in (("FPS2", fps2), ("FPD2", fpd2)):
-        processes[robot] = spawn(["participate", name, "--dataset", "welding", "--robot", robot,
-                                  "--output", str(tmp_path / robot)],
-                                 daemon_env(api, who, broker.bootstrap, topic_prefix), logs[robot])
-    wait_all(processes, logs, timeout_s=400)
+    name, alice, _, _, _ = train_welding(api, broker.bootstrap, topic_prefix, tmp_path, definition)
+    task = alice.client.get_task(name)
 
     # The statistics the aggregator broadcast equal numpy's on the concatenated training data.
     mean, std = broadcast_statistics(broker.bootstrap, task.topics.broadcast)

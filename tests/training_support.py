@@ -70,3 +70,23 @@ def wait_all(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path
 def dump(logs: dict[str, Path]) -> str:
     """Every log's tail, labelled."""
     return describe_logs(logs)
+
+
+def train_welding(api: ApiProcess, bootstrap: str, prefix: str, tmp: Path, definition: dict[str, object],
+                  prefix_name: str = "welding") -> tuple[str, Member, Member, Member, dict[str, Path]]:
+    """A welding task trained to the end by real processes: the aggregator (held-out welds of
+    seed 7) and robots FPS2 and FPD2. Returns the task's name, alice, FPS2, FPD2 and the logs."""
+    alice, fps2, fpd2 = member(api, "alice"), member(api, "fps2"), member(api, "fpd2")
+    name = unique(prefix_name)
+    alice.client.create_task(name, definition)
+    fps2.client.join(name)
+    fpd2.client.join(name)
+    logs = {who: tmp / f"{who}.log" for who in ("aggregator", "FPS2", "FPD2")}
+    processes = {"aggregator": spawn(
+        ["aggregate", name, "--eval-data", "welding", "--eval-seed", "7", "--round-timeout", "300"],
+        daemon_env(api, alice, bootstrap, prefix), logs["aggregator"])}
+    for robot, who in (("FPS2", fps2), ("FPD2", fpd2)):
+        processes[robot] = spawn(["participate", name, "--dataset", "welding", "--robot", robot,
+                                  "--output", str(tmp / robot)], daemon_env(api, who, bootstrap, prefix), logs[robot])
+    wait_all(processes, logs, timeout_s=400)
+    return name, alice, fps2, fpd2, logs

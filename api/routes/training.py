@@ -9,11 +9,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from api import queries
+from api.contributions import Contributions, task_contributions
 from api.deps import CurrentUser, IdempotencyKey, ServicesDep, context, respond
 from api.domain import TaskView
 from api.errors import InvalidInput
 from api.training import MAX_MODEL_BYTES
-from schema.commands import CompleteTask, FailTask, RecordMissed, RecordRejection, RecordRound
+from schema.commands import (
+    CompleteTask,
+    FailTask,
+    RecordContributions,
+    RecordMissed,
+    RecordRejection,
+    RecordRound,
+)
 
 router = APIRouter(tags=["training"])
 _BINARY_BODY = {"requestBody": {"required": True, "content": {
@@ -127,3 +135,19 @@ def models(user: CurrentUser, services: ServicesDep) -> queries.Models:
     """Final models of tasks you created or joined: digest, size and lineage."""
     with services.store.connection() as conn:
         return queries.user_models(conn, user)
+
+
+@router.post("/v1/tasks/{name}/contributions", response_model=TaskView,
+             summary="Record contribution values of a round (aggregator)")
+def record_contributions(name: str, body: RecordContributions, request: Request, user: CurrentUser,
+                         services: ServicesDep, key: IdempotencyKey = None) -> JSONResponse:
+    """Record ContributionsAssessed for a recorded round: what each participant's update was worth."""
+    return respond(services.commands.record_contributions(name, body, context(request, user, key)))
+
+
+@router.get("/v1/tasks/{name}/contributions", response_model=Contributions,
+            summary="What each participant's data was worth")
+def contributions(name: str, user: CurrentUser, services: ServicesDep) -> Contributions:
+    """Contribution values per round and summed per participant (creator and participants)."""
+    with services.store.connection() as conn:
+        return task_contributions(conn, name, user)

@@ -13,6 +13,7 @@ import typer
 
 from client.cli.accounts import login, logout, register_user, use, whoami
 from client.cli.audit import audit_verify
+from client.cli.contributions import tasks_contributions
 from client.cli.keys import keys_register, keys_revoke, keys_rotate, keys_show
 from client.cli.models import models_download, models_list
 from client.cli.session import ClientFactory, Session, client_from_profile
@@ -57,6 +58,7 @@ TASK_COMMANDS: dict[str, Callable[..., Any]] = {
     "history": tasks_history,
     "state": tasks_state,
     "rounds": tasks_rounds,
+    "contributions": tasks_contributions,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from client.cli import output as show
+from client.cli.contributions import contributions_if_any, contributions_table
 from client.cli.output import plural
 from client.cli.session import ApiUrl, AsJson, CliFailure, TaskName, profile, reports_errors, session
 from client.keys import KeyRing
@@ -95,9 +96,12 @@ def tasks_show(
     """Show one task: status, definition, participants, topics."""
     with session(ctx).client(api_url) as client:
         task = client.get_task(name)
+        valued = contributions_if_any(client, task)
     if as_json:
         return show.print_json(task)
     show.out().print(show.task_panel(task))
+    if valued is not None:
+        show.out().print(contributions_table(valued))
 
 
 def _definition_file(path: Path) -> dict[str, Any]:

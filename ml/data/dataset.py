@@ -36,7 +36,11 @@ def plain_data_warnings() -> None:
 # eq=False: ndarray fields make the generated __eq__ ambiguous; identity is enough.
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features `x` (float32, one sample per row) and integer labels `y` (int64)."""
+    """Features `x` (float32, one sample per row) and integer labels `y` (int64).
+
+    A regression dataset (for linear regression) has `num_classes` 0 and a continuous
+    target `y` (float32) instead of labels.
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -44,12 +48,20 @@ class Dataset:
     num_classes: int
     name: str
 
+    @property
+    def is_regression(self) -> bool:
+        """Whether `y` is a continuous target rather than class labels."""
+        return self.num_classes == 0
+
     def __post_init__(self) -> None:
-        if self.x.dtype != np.float32 or self.y.dtype != np.int64:
-            raise DataError(f"{self.name}: x must be float32 and y int64, "
+        label_dtype = np.float32 if self.is_regression else np.int64
+        if self.x.dtype != np.float32 or self.y.dtype != label_dtype:
+            raise DataError(f"{self.name}: x must be float32 and y {np.dtype(label_dtype)}, "
                             f"got {self.x.dtype} and {self.y.dtype}")
         if len(self.x) != len(self.y) or self.y.ndim != 1:
             raise DataError(f"{self.name}: {len(self.x)} samples but {len(self.y)} labels")
+        if self.is_regression:
+            return
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
             raise DataError(f"{self.name}: labels must lie in 0..{self.num_classes - 1}, "
                             f"found {self.y.min()}..{self.y.max()}")

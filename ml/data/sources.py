@@ -13,6 +13,10 @@ Specs are `NAME` or `NAME:ARGUMENT`:
                           FPD2 (both when omitted); options `robot`, `samples` (per robot;
                           default: each robot's own row count)
 
+With `regression=True` (a linear-regression task) the target is continuous: csv and npz read
+any finite number as the target, welding gives the quality score WCLSRES before binning, and
+the image sets (which only have class labels) are refused.
+
 Relative paths are read from `data_dir` when it is given. Both daemons use this module: the
 participant for its local data, the aggregator for its `--eval-data`.
 """
@@ -38,8 +42,11 @@ OPTION_FLAGS = {"label_column": "--label-column", "robot": "--robot"}
 
 
 def load_dataset(spec: str, *, data_dir: str | Path | None = None, shard: str | None = None,
-                 seed: int = 0, **options: Any) -> Dataset:
-    """The dataset a spec names, optionally only part `i/n` of it (parts numbered from 1)."""
+                 seed: int = 0, regression: bool = False, **options: Any) -> Dataset:
+    """The dataset a spec names, optionally only part `i/n` of it (parts numbered from 1).
+
+    `regression`: read a continuous target instead of class labels (linear regression).
+    """
     name, _, argument = spec.partition(":")
     if name not in _SOURCES:
         raise DataError(f"unknown data source {name!r} in {spec!r} "
@@ -52,6 +59,11 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None, shard: str | 
             takes = ", ".join(option_name(k) for k in sorted(allowed)) or "nothing more"
             raise DataError(f"{option_name(key)} does not apply to {name} data (it takes {takes})")
     base = Path(data_dir) if data_dir is not None else None
+    if regression:
+        if name in ("digits", "mnist"):
+            raise DataError(f"{name} has class labels, not a continuous target: a regression "
+                            "task needs csv, npz or welding data")
+        given["regression"] = True
     dataset = _SOURCES[name](argument or None, base, seed, given)
     return dataset if shard is None else shard_dataset(dataset, *parse_shard(shard))
 
@@ -164,7 +176,7 @@ def _welding(argument: str | None, base: Path | None, seed: int,
     if argument is not None and robot != argument:
         raise DataError(f"welding:{argument} and --robot {robot} disagree")
     samples = _int_option(options, "samples", 0) if "samples" in options else None
-    return load_welding(robot, samples, seed)
+    return load_welding(robot, samples, seed, regression=bool(options.get("regression")))
 
 
 def _npz(argument: str | None, base: Path | None, seed: int,
@@ -196,11 +208,24 @@ def _tabular(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | None,
     if not np.all(np.isfinite(x)):
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise DataError(f"{path}: x[{row}] holds a NaN or infinite value")
+    if options.get("regression"):
+        return Dataset(x.astype(np.float32), _continuous_target(path, y, where), names, 0, f"{path.name}")
     labels = _integer_labels(path, y, where)
     num_classes = _int_option(options, "num_classes", int(labels.max(initial=-1)) + 1)
     if len(labels) and labels.max() >= num_classes:
         raise DataError(f"{path}: label {labels.max()} is not below num_classes={num_classes}")
     return Dataset(x.astype(np.float32), labels, names, num_classes, f"{path.name}")
+
+
+def _continuous_target(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+    """A regression target as float32; every value must be a finite number."""
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{path}: y must be a 1-D numeric array, got {y.dtype} {y.shape}")
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad):
+        raise DataError(f"{path}: target at {where(int(bad[0]))} is {y[bad[0]].item()!r}; "
+                        f"a regression target must be a finite number")
+    return y.astype(np.float32)
 
 
 def _integer_labels(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarray:

@@ -58,8 +58,11 @@ _SITES = {
 }
 
 
-def generate_welding(robot: str, samples: int | None, seed: int) -> Dataset:
-    """`samples` welds (default: the robot's DEFAULT_ROWS); the same (robot, seed), the same data."""
+def generate_welding(robot: str, samples: int | None, seed: int, regression: bool = False) -> Dataset:
+    """`samples` welds (default: the robot's DEFAULT_ROWS); the same (robot, seed), the same data.
+
+    `regression`: the target is the quality score WCLSRES itself (float32), not its class.
+    """
     if robot not in _SITES:
         raise DataError(f"--robot {robot!r}: use one of {', '.join(ROBOTS)}")
     count = DEFAULT_ROWS[robot] if samples is None else samples
@@ -75,17 +78,22 @@ def generate_welding(robot: str, samples: int | None, seed: int) -> Dataset:
     quality = (1.2 * current - resistance - 0.8 * dress_count / MAX_DRESS_COUNT
                + rng.normal(0.0, NOISE_SD, count))
     x = np.column_stack([counter, dress_count, 1e-4 + 1e-5 * resistance, 1e4 + 1e3 * current])
-    y = np.digitize(50.0 + 10.0 * quality, CLASS_EDGES)
+    score = 50.0 + 10.0 * quality
+    if regression:
+        return Dataset(x.astype(np.float32), score.astype(np.float32), list(FEATURES), 0,
+                       f"welding:{robot}")
+    y = np.digitize(score, CLASS_EDGES)
     return Dataset(x.astype(np.float32), y.astype(np.int64), list(FEATURES), NUM_CLASSES,
                    f"welding:{robot}")
 
 
-def load_welding(robot: str | None, samples: int | None, seed: int) -> Dataset:
+def load_welding(robot: str | None, samples: int | None, seed: int,
+                 regression: bool = False) -> Dataset:
     """One robot's welds, or both robots' (FPS2 first) when `robot` is None."""
     robots = [robot] if robot is not None else list(ROBOTS)
-    parts = [generate_welding(r, samples, seed) for r in robots]
+    parts = [generate_welding(r, samples, seed, regression) for r in robots]
     if len(parts) == 1:
         return parts[0]
     x = np.concatenate([p.x for p in parts])
     y = np.concatenate([p.y for p in parts])
-    return Dataset(x, y, list(FEATURES), NUM_CLASSES, "welding")
+    return Dataset(x, y, list(FEATURES), parts[0].num_classes, "welding")
