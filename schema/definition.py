@@ -30,8 +30,9 @@ SEED_PARTICIPANT_CLASSES: frozenset[str] = frozenset({"neural_network.Participan
 # USER_MODEL says the task's creator trains a Keras file of their own (`aggregate --model FILE`).
 REGISTRY_MODELS: frozenset[str] = frozenset({"digits-mlp", "mnist-cnn", "welding-mlp"})
 USER_MODEL = "user"
-# Algorithms that train a Keras model and so need one named.
-MODEL_ALGORITHMS: frozenset[str] = frozenset({"fedavg"})
+# Algorithms that train a Keras model and so need one named (K-means and the linear models
+# are their own model).
+MODEL_ALGORITHMS: frozenset[str] = NEURAL
 
 
 def known_model_names() -> list[str]:

@@ -116,17 +116,18 @@ class Story:
 
     def start_daemons(self, alice_token: str, clients: dict[str, MusketeerClient]) -> None:
         """The aggregator and both participants, as processes of their own (digits in thirds)."""
-        def env(token: str) -> dict[str, str]:
-            return daemon_environment(self.api.url, token, self.bootstrap, self.topic_prefix)
+        def env(token: str, who: str) -> dict[str, str]:
+            return daemon_environment(self.api.url, token, self.bootstrap, self.topic_prefix,
+                                      self.work / "keys" / who)
 
         self.logs = {who: self.work / f"{who}.log" for who in ("aggregator", "john", "jack")}
         self.processes["aggregator"] = spawn_musketeer(
             ["aggregate", self.task, "--eval-data", "digits", "--eval-shard", "3/3",
-             "--round-timeout", "300"], env(alice_token), self.logs["aggregator"])
+             "--round-timeout", "300"], env(alice_token, "alice"), self.logs["aggregator"])
         for shard, who in (("1/3", "john"), ("2/3", "jack")):
             self.processes[who] = spawn_musketeer(
                 ["participate", self.task, "--dataset", "digits", "--shard", shard,
-                 "--output", str(self.work / who)], env(clients[who].token or ""), self.logs[who])
+                 "--output", str(self.work / who)], env(clients[who].token or "", who), self.logs[who])
 
     def watch_rounds(self, page: Any, timeout_s: float = 300) -> list[tuple[str, int]]:
         """Poll the (never reloaded) task page until it says COMPLETED; what it showed, in order."""

@@ -18,17 +18,15 @@ import numpy as np
 from aggregator.contribution import KeptUpdates, RoundStart, keep_updates_if_valued, value_updates
 from aggregator.fold import Refused, fold_update, read_moments
 from aggregator.kmeans import final_centroids, initial_model, lloyd_step, read_candidates
-from aggregator.model import build_initial
+from aggregator.model import Evaluation, build_initial
 from aggregator.round import next_global
 from aggregator.run import AggregatorOptions
 from aggregator.verify import Accepted
 from client import Participant, Task
 from ml.contribution import Valuation
 from ml.data import Dataset
-from ml.keras_model import evaluate
 from ml.kmeans import ClusterSums, centroids_payload, update_template
 from ml.payload import model_payload
-from ml.prepare import prepare
 from ml.seeds import task_seed
 from ml.standardise import combine
 from ml.strategies import for_round, server_optimiser_for
@@ -63,7 +61,7 @@ class Outcome:
     valuations: list[Valuation] = field(default_factory=list)
     # Of each valued round: the weights it started from and every participant's update.
     valued_rounds: list[tuple[list[Array], dict[str, tuple[list[Array], int]]]] = field(default_factory=list)
-    held_out: Dataset | None = None
+    evaluation: Evaluation | None = None  # scores weights as the exported model, on raw data
 
 
 def _task(definition: dict[str, Any], sites: list[Site], task_id: str) -> Task:
@@ -101,28 +99,27 @@ def keras_federation(definition: dict[str, Any], sites: list[Site], evaluation: 
                                 mean, std)
     weights = [np.asarray(w) for w in model.get_weights()]
     optimiser = server_optimiser_for(definition, weights)
-    held_out = None if evaluation is None else prepare(evaluation, meta.input_shape, mean, std)
-    outcome = Outcome(model, weights, b"", held_out=held_out)
+    held_out = None if evaluation is None else Evaluation(meta, evaluation)
+    outcome = Outcome(model, weights, b"", evaluation=held_out)
     for round_no in range(1, meta.rounds + 1):
         broadcast = decode_bundle(model_payload(meta, weights))
         strategy = keep_updates_if_valued(definition, round_no, for_round(definition, weights))
         for name, learner in learners.items():
             assert isinstance(learner, LocalTraining)
             learner.load(broadcast, mean is not None)
-            folded = fold_update(strategy, _accepted(name, learner.train_round(round_no).payload))
+            folded = fold_update(strategy, _accepted(name, learner.train_round(round_no).payload()))
             assert not isinstance(folded, Refused), folded
             if isinstance(strategy, KeptUpdates):
                 strategy.claim(name)
         aggregate = strategy.result()
         start = RoundStart(definition, weights, optimiser, task_seed(task_id, definition) + round_no)
-        valuation = value_updates(start, strategy, model, held_out)
+        valuation = value_updates(start, strategy, held_out)
         if valuation is not None and isinstance(strategy, KeptUpdates):
             outcome.valuations.append(valuation)
             outcome.valued_rounds.append((weights, dict(strategy.updates)))
         weights = next_global(optimiser, weights, aggregate)
         if held_out is not None:
-            model.set_weights(weights)
-            outcome.history.append(evaluate(model, held_out))
+            outcome.history.append(held_out.score(weights))
     model.set_weights(weights)
     outcome.weights, outcome.final_payload = weights, model_payload(meta, weights)
     return outcome
@@ -161,7 +158,7 @@ def kmeans_federation(definition: dict[str, Any], sites: list[Site], *, task_id:
         for name, learner in learners.items():
             assert isinstance(learner, LocalKMeans)
             learner.load(broadcast, mean is not None)
-            result = fold_update(folded, _accepted(name, learner.train_round(round_no).payload))
+            result = fold_update(folded, _accepted(name, learner.train_round(round_no).payload()))
             assert not isinstance(result, Refused), result
         meta, centroids, metrics = lloyd_step(meta, centroids, folded)
         inertia.append(metrics["inertia"])

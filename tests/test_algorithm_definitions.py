@@ -19,7 +19,8 @@ REQUIRED: dict[str, dict[str, Any]] = {"kmeans": {"clusters": 4},
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_every_algorithm_is_accepted_with_its_defaults(algorithm: str) -> None:
     """Each registry name makes a valid task with only its required fields given."""
-    definition = TaskDefinition.model_validate({**BASE, "algorithm": algorithm, **REQUIRED.get(algorithm, {})})
+    required = REQUIRED.get(algorithm, {"model": "digits-mlp"})  # the neural ones name a model
+    definition = TaskDefinition.model_validate({**BASE, "algorithm": algorithm, **required})
     assert definition.algorithm == algorithm
     assert parameters(definition.to_json()).algorithm == algorithm
 
@@ -69,5 +70,6 @@ def test_mistakes_are_refused_naming_the_field(extra: dict[str, Any], words: str
 
 def test_the_seeds_spelling_still_means_fedavg() -> None:
     """The seed's neural_network.Aggregator is normalised to fedavg, which takes no extras."""
-    definition = TaskDefinition.model_validate({**BASE, "aggregator": "neural_network.Aggregator"})
+    definition = TaskDefinition.model_validate({**BASE, "model": "digits-mlp",
+                                                 "aggregator": "neural_network.Aggregator"})
     assert definition.algorithm == "fedavg"

@@ -108,6 +108,10 @@ REQUESTS: dict[tuple[str, str], Request] = {
     ("POST", "/v1/tasks/{name}/complete"): on_task("POST", "/complete", json={"model_sha256": DIGEST}),
     ("POST", "/v1/tasks/{name}/fail"): on_task("POST", "/fail", json={"reason": "a test"}),
     ("GET", "/v1/tasks/{name}/model"): on_task("GET", "/model"),
+    ("POST", "/v1/tasks/{name}/contributions"): on_task("POST", "/contributions", json={
+        "round": 1, "method": "leave_one_out", "metric": "accuracy", "values": {"someone": 0.1},
+        "baseline": 0.5, "total": 0.6, "data": "digits"}),
+    ("GET", "/v1/tasks/{name}/contributions"): on_task("GET", "/contributions"),
     ("GET", "/v1/models"): lambda w, r: ("GET", "/v1/models", {}),
     ("GET", "/v1/audit/verify"): lambda w, r: ("GET", "/v1/audit/verify", {}),
     ("GET", "/healthz"): lambda w, r: ("GET", "/healthz", {}),

@@ -11,7 +11,6 @@ import pytest
 
 from ml.contribution import exact_shapley, leave_one_out, monte_carlo_shapley, shapley
 from ml.data import Dataset, load_dataset, split_and_sample
-from ml.keras_model import evaluate
 from tests.federation import Site, keras_federation
 
 
@@ -92,7 +91,8 @@ def test_exact_shapley_of_three_real_participants_matches_brute_force() -> None:
                                 "model": "digits-mlp", "seed": 4, "contribution": "shapley"},
                                sites, load_dataset("digits", shard="4/4"))
     (start, updates), = outcome.valued_rounds
-    assert outcome.held_out is not None
+    evaluation = outcome.evaluation
+    assert evaluation is not None
 
     def utility(coalition: frozenset[str]) -> float:
         members = sorted(coalition)
@@ -102,8 +102,7 @@ def test_exact_shapley_of_three_real_participants_matches_brute_force() -> None:
             counts = [updates[m][1] for m in members]
             weights = [np.average(np.stack([updates[m][0][k].astype(np.float64) for m in members]),
                                   axis=0, weights=counts).astype(np.float32) for k in range(len(start))]
-        outcome.model.set_weights(weights)
-        return evaluate(outcome.model, outcome.held_out)["accuracy"]
+        return evaluation.score(weights)["accuracy"]
 
     expected = _brute_force(sorted(updates), utility)
     (valuation,) = outcome.valuations
@@ -145,7 +144,8 @@ def test_leave_one_out_in_the_last_round_only() -> None:
 def test_the_aggregator_refuses_options_the_algorithm_cannot_use_before_starting() -> None:
     """Valuing contributions without --eval-data, or --model on K-means or a linear model, is
     refused with the reason before the task starts (nothing is recorded)."""
-    from aggregator.daemon import AggregationFailed, AggregatorOptions, check_options
+    from aggregator.daemon import AggregationFailed, AggregatorOptions
+    from aggregator.model import check_options
     from client import Task
 
     def task(**definition: object) -> Task:
