@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.keys import public_text
 from streams.topics import TopicAdmin
 from tests.conftest import ApiProcess, unique
 
@@ -41,6 +43,12 @@ class User:
 
     def delete(self, path: str) -> httpx.Response:
         return self.http.delete(path, headers=self.auth)
+
+    def register_key(self) -> None:
+        """A signing key on record, as a daemon registers one (a task starts only when all have one)."""
+        key = public_text(Ed25519PrivateKey.generate())
+        response = self.http.put("/v1/users/me/keys", headers=self.auth, json={"public_key": key})
+        assert response.status_code in (200, 201), response.text
 
     def create_task(self, name: str | None = None, **definition: Any) -> dict[str, Any]:
         body = {"name": name or unique("task"), "definition": {"quorum": 1, "rounds": 2, "model": "digits-mlp",
@@ -339,6 +347,8 @@ def test_leave_while_created_only(http: httpx.Client) -> None:
     assert left.status_code == 200
     assert [p["username"] for p in left.json()["participants"]] == [jack.name]
     assert_error(john.post(f"/v1/tasks/{task['name']}/leave"), 403)
+    alice.register_key()
+    jack.register_key()
     assert alice.post(f"/v1/tasks/{task['name']}/start").status_code == 200
     assert_error(jack.post(f"/v1/tasks/{task['name']}/leave"), 409, "conflict")
     assert_error(register(http).post(f"/v1/tasks/{task['name']}/join"), 409)

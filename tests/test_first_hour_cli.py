@@ -240,7 +240,10 @@ def test_quorum_timeout_leaves_the_task_open_unless_asked_to_fail_it(shell: Shel
 def test_show_history_and_rounds_say_what_the_readme_promises(shell: Shell, api: ApiProcess) -> None:
     """After a round and the end: `tasks show` has last contact, rounds completed, the final
     sha256 (or the failure reason); `history` has a hash column; `rounds` the per-round metrics."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from client import MusketeerClient
+    from client.keys import public_text
 
     alice, john = people(shell, "alice", "john")
     done, failed = unique("done"), unique("failed")
@@ -248,8 +251,11 @@ def test_show_history_and_rounds_say_what_the_readme_promises(shell: Shell, api:
         shell.run("tasks", "create", name, "--quorum", "1", "--rounds", "1", "--model", "digits-mlp",
                   extra=shell.as_(alice))
         shell.run("tasks", "join", name, extra=shell.as_(john))
-    owner = MusketeerClient(api.url)
+    owner, member = MusketeerClient(api.url), MusketeerClient(api.url)
     owner.login(alice, PASSWORD)
+    member.login(john, PASSWORD)
+    for client in (owner, member):  # a task starts once every member has a signing key
+        client.register_key(public_text(Ed25519PrivateKey.generate()))
     for name in (done, failed):
         owner.start_task(name)
     model = owner.upload_model(done, b"final-weights", round=1)

@@ -95,7 +95,7 @@ def test_a_downloaded_keras_model_scores_on_raw_features_what_the_aggregator_rep
                                    keras.layers.Dense(3, activation="softmax")])
     user_model.save(tmp_path / "mine.keras")
     name = unique("export")
-    alice.client.create_task(name, {"quorum": 2, "rounds": 4, "epochs": 3, "batch_size": 16,
+    alice.client.create_task(name, {"quorum": 2, "rounds": 4, "model": "user", "epochs": 3, "batch_size": 16,
                                     "learning_rate": 0.01, "standardise": True, "seed": 3,
                                     "training_size": 300, "test_size": 100})
     site_a.client.join(name)
