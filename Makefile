@@ -39,4 +39,4 @@ screenshots: $(STAMP)
 	$(PY) docs/screenshots.py
 
 clean:
-	rm -rf $(VENV) .musketeer
+	rm -rf $(VENV) .musketeer .musketeer-demo

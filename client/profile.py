@@ -24,6 +24,13 @@ def default_data_dir() -> Path:
     return Path.cwd() / ".musketeer"
 
 
+def default_demo_dir() -> Path:
+    """The folder `demo` uses when given none: apart from `platform up`'s, so the users the demo
+    registers (alice, john, jack, with the demo's password) are not waiting in the platform a
+    newcomer starts next and registers alice on."""
+    return Path.cwd() / ".musketeer-demo"
+
+
 @dataclass
 class _Choice:
     """What the command line chose for this process (`--profile`, `--as`); None: not chosen."""

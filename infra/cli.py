@@ -14,7 +14,7 @@ from aggregator import cli as aggregator_cli
 from api.settings import SettingsError
 from client import ClientError
 from client import cli as client_cli
-from client.profile import default_data_dir
+from client.profile import default_data_dir, default_demo_dir
 from infra import platform
 from infra.audit import audit_replay
 from infra.errors import PlatformError
@@ -100,8 +100,9 @@ def status_command(data_dir: DataDir) -> None:
 @app.command("demo")
 def demo_command(
     platform_dir: Annotated[Path, typer.Option(
-        "--platform-dir", help="Folder for the platform's profile, logs and database files.",
-        default_factory=default_data_dir, show_default="./.musketeer")],
+        "--platform-dir", help="Folder for the demo platform's profile, logs and database files "
+                               "(its own, so the demo's users never meet yours in ./.musketeer).",
+        default_factory=default_demo_dir, show_default="./.musketeer-demo")],
     api_port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = platform.DEFAULT_API_PORT,
     dataset: Annotated[str, typer.Option(help="digits (offline, about a minute), mnist or welding.")] = "digits",
     mnist_dir: Annotated[Path | None, typer.Option(
