@@ -228,12 +228,14 @@ def events_table(events: Iterable[TaskEvent]) -> Table:
 
 def rounds_table(rounds: Iterable[Round]) -> Table:
     """Completed rounds: participants, local and evaluation metrics, time and model digest."""
+    # Two-line headers keep every column readable in an 80-column terminal; only the
+    # participants' names wrap.
     table = Table(show_edge=False, header_style="bold")
-    table.add_column("round", justify="right")
-    table.add_column("participants")
-    for column in ("samples", "local loss", "local accuracy", "eval loss", "eval accuracy", "seconds"):
+    table.add_column("round", justify="right", no_wrap=True)
+    table.add_column("participants", min_width=8)
+    for column in ("samples", "local\nloss", "local\nacc.", "eval\nloss", "eval\nacc.", "s"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("model sha256", no_wrap=True)
+    table.add_column("model\nsha256", no_wrap=True)
     for entry in rounds:
         table.add_row(
             str(entry.round), escape(", ".join(entry.participants)), str(sum(entry.samples.values())),
