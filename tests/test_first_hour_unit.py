@@ -235,3 +235,23 @@ def test_the_welding_comparison_scores_both_models_per_robot_and_together() -> N
     console.print(comparison_table(rows, "test budget"))
     text = console.export_text()
     assert "FPD2" in text and "88.94%" in text and "89.83%" in text
+
+
+def test_the_rounds_table_is_readable_in_an_80_column_terminal() -> None:
+    """`tasks rounds` in a plain 80-column terminal: the round numbers and the participants stay
+    whole (they collapsed to nothing once, squeezed out by the long metric headers)."""
+    from client.cli.output import rounds_table
+    from client.models import Round
+
+    rounds = [Round(round=number, participants=["john", "jack"], samples={"john": 899, "jack": 899},
+                    metrics={"loss": 0.3497, "accuracy": 0.9220},
+                    eval_metrics={"loss": 0.2712, "accuracy": 0.9265},
+                    model_sha256="008284e48008d0ea2a0e6eec557b8210", duration_s=1.0)
+             for number in (1, 2, 10)]
+    console = Console(width=80, record=True)
+    console.print(rounds_table(rounds))
+    lines = console.export_text().splitlines()
+    rows = [line for line in lines if "0.9265" in line]
+    assert [line.split()[0] for line in rows] == ["1", "2", "10"]
+    assert all("john" in line and "1798" in line for line in rows)
+    assert all(len(line.rstrip()) <= 80 for line in lines)
