@@ -1,11 +1,20 @@
 """The event store on PostgreSQL: appends, reads, the hash chain, idempotency.
 
-Every write happens inside a `PostgresSession`: one transaction that first takes an
-EXCLUSIVE lock on `events`. Why a table lock: the log is a single hash chain
-and readers tail it by position, so positions must be handed out in commit
-order. The control plane writes little, and a short lock held for the length of
-one command is simpler and safer than sequences plus gap detection. Readers are
-not blocked (EXCLUSIVE still admits plain SELECTs).
+Every write happens inside a `PostgresSession`: one transaction that takes an
+EXCLUSIVE lock on `events` before its first write and holds it to the commit. Why a
+table lock: the log is a single hash chain and readers tail it by position, so
+positions must be handed out in commit order, and each event's hash chains on the
+previous position's. A lock held from the first write to the commit is simpler and
+safer than sequences plus gap detection. Readers are not blocked (EXCLUSIVE still
+admits plain SELECTs).
+
+Why from the first write and not from the start of the command: a command's reads
+(load the task, fold it, look up the user) then run beside other commands instead
+of queueing behind them. What they read may change before the lock is taken; the
+write itself notices (the stream's version moved, or a unique row now exists) and
+the session raises `WriteRace`, on which the handlers run the command again with
+`session(exclusive=True)`, which takes the lock before the first read, as every
+session did before.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from api.errors import InvalidInput, Unavailable
+from api.errors import InvalidInput, Unavailable, VersionConflict, WriteRace
 from api.replay import replay_in
 from api.store.contract import (
     GENESIS_HASH,
@@ -36,17 +45,35 @@ from api.store.sql import read_all_from, read_stream, verify_chain
 from schema.events import RecordedEvent
 
 NOTIFY_CHANNEL = "musketeer_events"
+# The stream's version and the log's last position and hash, in one round trip.
+_HEAD = (
+    "SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = %s), 0) AS version,"
+    " last.position, last.hash FROM (SELECT 1) AS one LEFT JOIN LATERAL"
+    " (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"
+)
 
 Projector = Callable[[psycopg.Connection[Any], RecordedEvent], None]
 
 
 class PostgresSession(Session):
-    """One command's transaction, holding the append lock."""
+    """One command's transaction; it takes the append lock at its first write."""
 
     def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None):
         self.conn = conn
         self._projector = projector
         self.appended: list[RecordedEvent] = []
+        self.locked = False
+
+    def lock(self) -> None:
+        """Take the append lock (once) and keep it until the transaction ends.
+
+        Every write goes through here first, so writers never hold row locks while
+        waiting for each other's table lock (no deadlock), and the position read next
+        is the last committed one: positions follow commit order.
+        """
+        if not self.locked:
+            self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            self.locked = True
 
     def stream_version(self, stream_id: str) -> int:
         row = self.conn.execute(
@@ -59,22 +86,26 @@ class PostgresSession(Session):
 
     def append(self, stream_id: str, expected_version: int,
                events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        current = self.stream_version(stream_id)
+        # Round trips under the lock are what every other writer waits for, so the lock
+        # and the head travel together, then every write and the NOTIFY in one batch.
+        with self.conn.pipeline():
+            self.lock()
+            head = self.conn.execute(_HEAD, (stream_id,)).fetchone()
+        assert head is not None  # the query always returns one row
+        current = int(head["version"])
         check_expected_version(stream_id, current, expected_version)
-        last = self.conn.execute(
-            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone()
-        position = int(last["position"]) if last else 0
-        prev_hash = bytes(last["hash"]) if last else GENESIS_HASH
+        position = int(head["position"] or 0)
+        prev_hash = bytes(head["hash"]) if head["hash"] is not None else GENESIS_HASH
         recorded: list[RecordedEvent] = []
-        for offset, new in enumerate(events, start=1):
-            record = seal(new, stream_id, current + offset, position + offset, prev_hash)
-            self._insert(record, prev_hash)
-            prev_hash = bytes.fromhex(record.hash)
-            recorded.append(record)
-            if self._projector is not None:
-                self._projector(self.conn, record)
-        self.conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        with self.conn.pipeline():
+            for offset, new in enumerate(events, start=1):
+                record = seal(new, stream_id, current + offset, position + offset, prev_hash)
+                self._insert(record, prev_hash)
+                prev_hash = bytes.fromhex(record.hash)
+                recorded.append(record)
+                if self._projector is not None:
+                    self._projector(self.conn, record)
+            self.conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         self.appended.extend(recorded)
         return recorded
 
@@ -100,6 +131,7 @@ class PostgresSession(Session):
 
     def remember_response(self, actor: str, key: str, request_hash: str, status_code: int,
                           response: Any) -> None:
+        self.lock()
         self.conn.execute(
             "INSERT INTO idempotency_keys (actor, key, request_hash, status_code, response)"
             " VALUES (%s, %s, %s, %s, %s)",
@@ -129,6 +161,7 @@ class PostgresSession(Session):
         return (str(row["username"]), str(row["status"])) if row else None
 
     def add_credentials(self, username: str, password_hash: str) -> None:
+        self.lock()
         self.conn.execute("INSERT INTO credentials (username, password_hash) VALUES (%s, %s)",
                           (username, password_hash))
 
@@ -139,11 +172,19 @@ class PostgresSession(Session):
         return int(row["size"]) if row else None
 
     def store_artifact(self, task_id: str, sha256: str, content: bytes) -> None:
+        self.lock()
         self.conn.execute(
             "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (task_id, sha256) DO NOTHING",
             (sha256, task_id, len(content), content),
         )
+
+
+def _race(exc: Exception) -> WriteRace:
+    # A unique row (a task name, a key) another command committed after this one looked.
+    if isinstance(exc, VersionConflict):
+        return WriteRace(exc.message, exc.details)
+    return WriteRace("another command wrote the same row first; try again")
 
 
 class PostgresEventStore(EventStore):
@@ -157,11 +198,17 @@ class PostgresEventStore(EventStore):
         self._on_commit = on_commit
 
     @contextmanager
-    def session(self) -> Iterator[PostgresSession]:
+    def session(self, exclusive: bool = False) -> Iterator[PostgresSession]:
         with self.connection() as conn, conn.transaction():
-            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             session = PostgresSession(conn, self._projector)
-            yield session
+            if exclusive:
+                session.lock()
+            try:
+                yield session
+            except (VersionConflict, psycopg.errors.UniqueViolation) as exc:
+                if exclusive or isinstance(exc, WriteRace):
+                    raise
+                raise _race(exc) from exc
         # Reached only when the transaction committed (an exception skips it).
         if self._on_commit is not None and session.appended:
             self._on_commit(session.appended)
