@@ -19,8 +19,8 @@ session did before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
@@ -58,9 +58,11 @@ Projector = Callable[[psycopg.Connection[Any], RecordedEvent], None]
 class PostgresSession(Session):
     """One command's transaction; it takes the append lock at its first write."""
 
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None):
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None,
+                 pipeline: ExitStack | None = None):
         self.conn = conn
         self._projector = projector
+        self._pipeline = pipeline
         self.appended: list[RecordedEvent] = []
         self.locked = False
 
@@ -72,6 +74,10 @@ class PostgresSession(Session):
         is the last committed one: positions follow commit order.
         """
         if not self.locked:
+            # From the lock on, statements queue in a pipeline: a read still waits for its
+            # answer, but the writes are sent with the COMMIT (see `PostgresEventStore.session`).
+            if self._pipeline is not None:
+                self._pipeline.enter_context(self.conn.pipeline())
             self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             self.locked = True
 
@@ -86,26 +92,25 @@ class PostgresSession(Session):
 
     def append(self, stream_id: str, expected_version: int,
                events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        # Round trips under the lock are what every other writer waits for, so the lock
-        # and the head travel together, then every write and the NOTIFY in one batch.
-        with self.conn.pipeline():
-            self.lock()
-            head = self.conn.execute(_HEAD, (stream_id,)).fetchone()
+        # Round trips under the lock are what every other writer waits for: the lock and
+        # the head travel together; the inserts, projections and NOTIFY wait in the
+        # session's pipeline and go with the COMMIT.
+        self.lock()
+        head = self.conn.execute(_HEAD, (stream_id,)).fetchone()
         assert head is not None  # the query always returns one row
         current = int(head["version"])
         check_expected_version(stream_id, current, expected_version)
         position = int(head["position"] or 0)
         prev_hash = bytes(head["hash"]) if head["hash"] is not None else GENESIS_HASH
         recorded: list[RecordedEvent] = []
-        with self.conn.pipeline():
-            for offset, new in enumerate(events, start=1):
-                record = seal(new, stream_id, current + offset, position + offset, prev_hash)
-                self._insert(record, prev_hash)
-                prev_hash = bytes.fromhex(record.hash)
-                recorded.append(record)
-                if self._projector is not None:
-                    self._projector(self.conn, record)
-            self.conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        for offset, new in enumerate(events, start=1):
+            record = seal(new, stream_id, current + offset, position + offset, prev_hash)
+            self._insert(record, prev_hash)
+            prev_hash = bytes.fromhex(record.hash)
+            recorded.append(record)
+            if self._projector is not None:
+                self._projector(self.conn, record)
+        self.conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         self.appended.extend(recorded)
         return recorded
 
@@ -180,6 +185,29 @@ class PostgresSession(Session):
         )
 
 
+def _committed(conn: psycopg.Connection[dict[str, Any]], projector: Projector | None,
+               exclusive: bool) -> Generator[PostgresSession, None, PostgresSession]:
+    """Yield a session in a transaction; commit it, the queued writes with the COMMIT.
+
+    Why the order: the pipeline the session opens at its lock is left after the
+    transaction, so its writes and the COMMIT reach the server in one round trip, and
+    the lock is released there without waiting for this thread to run Python again.
+    """
+    try:
+        with ExitStack() as pipeline:
+            session = PostgresSession(conn, projector, pipeline)
+            with conn.transaction():
+                if exclusive:
+                    session.lock()
+                yield session
+    except BaseException:
+        # A write that failed in the pipeline leaves the transaction aborted, not closed.
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()
+        raise
+    return session
+
+
 def _race(exc: Exception) -> WriteRace:
     # A unique row (a task name, a key) another command committed after this one looked.
     if isinstance(exc, VersionConflict):
@@ -199,16 +227,14 @@ class PostgresEventStore(EventStore):
 
     @contextmanager
     def session(self, exclusive: bool = False) -> Iterator[PostgresSession]:
-        with self.connection() as conn, conn.transaction():
-            session = PostgresSession(conn, self._projector)
-            if exclusive:
-                session.lock()
-            try:
-                yield session
-            except (VersionConflict, psycopg.errors.UniqueViolation) as exc:
-                if exclusive or isinstance(exc, WriteRace):
-                    raise
-                raise _race(exc) from exc
+        try:
+            with self.connection() as conn:
+                session = yield from _committed(conn, self._projector, exclusive)
+        except (VersionConflict, psycopg.errors.UniqueViolation) as exc:
+            # A unique row written by another command is found at the commit at the latest.
+            if exclusive or isinstance(exc, WriteRace):
+                raise
+            raise _race(exc) from exc
         # Reached only when the transaction committed (an exception skips it).
         if self._on_commit is not None and session.appended:
             self._on_commit(session.appended)
