@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,12 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import Services
 from api.errors import InvalidInput, MusketeerError, error_body, http_status
-from api.metrics import observe_requests
+from api.middleware import RequestMiddleware
 from api.routes import audit, dashboard, docs, keys, ops, tasks, training, users
 from api.settings import Settings
 
 log = logging.getLogger("musketeer.api")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,22 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served by api/routes/docs.py from local assets, not a CDN
         redoc_url=None,
     )
-    app.middleware("http")(_request_id)
-    app.middleware("http")(observe_requests)
+    app.add_middleware(RequestMiddleware)
     _install_error_handlers(app)
     for router in (ops.router, users.router, keys.router, tasks.router, audit.router, training.router,
                    dashboard.router):
         app.include_router(router)
     docs.install(app)
     return app
-
-
-async def _request_id(request: Request, call_next: Any) -> Any:
-    given = request.headers.get("X-Request-ID", "")
-    request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    response = await call_next(request)
-    response.headers["X-Request-ID"] = request.state.request_id
-    return response
 
 
 def plain_message(message: str) -> str:

@@ -122,9 +122,8 @@ _STATUS_AFTER: dict[type[Event], TaskStatus] = {
 }
 
 
-def fold(records: list[RecordedEvent]) -> TaskState | None:
-    """The task after these events (None if there are none)."""
-    state: TaskState | None = None
+def fold(records: list[RecordedEvent], state: TaskState | None = None) -> TaskState | None:
+    """The task after these events, starting from `state` (None if there are none)."""
     for record in records:
         state = _evolve(state, record.typed(), record)
     return state

@@ -46,6 +46,13 @@ class VersionConflict(Conflict):
     code = "version_conflict"
 
 
+class WriteRace(VersionConflict):
+    """Another command committed between this command's reads and its first write.
+
+    The command handlers run such a command again, this time holding the append lock
+    from its first read, so a caller sees it only from a direct append."""
+
+
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 

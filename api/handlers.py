@@ -1,7 +1,8 @@
 """Command handlers: the only code that writes. Each command is one transaction.
 
-A handler loads the aggregate inside a `Session` (which holds the append lock),
-decides, appends, and stores the idempotency record, all in that transaction.
+A handler loads the aggregate inside a `Session`, decides, appends, and stores the
+idempotency record, all in that transaction. The session takes the append lock at its
+first write; if another command committed in between, the command runs again (`_run`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from api.domain import TaskState, TaskView, fold, task_stream, user_stream
-from api.errors import Conflict, Forbidden, NotAuthenticated, NotFound
+from api.errors import Conflict, Forbidden, NotAuthenticated, NotFound, WriteRace
 from api.security import hash_password
 from api.settings import Settings
 from api.store import NO_STREAM, EventStore, NewEvent, Session
@@ -24,6 +25,7 @@ from schema.events import (
     Event,
     ParticipantJoined,
     ParticipantLeft,
+    RecordedEvent,
     TaskCreated,
     TaskDeleted,
     UserRegistered,
@@ -94,7 +96,19 @@ class Commands:
         self, ctx: Context, command: str, payload: Any, decide: Callable[[Session], Result]
     ) -> Result:
         digest = request_digest(command, payload)
-        with self.store.session() as session:
+        try:
+            return self._attempt(ctx, digest, decide, exclusive=False)
+        except WriteRace:
+            # Another command committed between our reads and our first write. Decide
+            # again, holding the append lock from the first read: nothing can change
+            # under it, so this second attempt cannot race (and `decide` must not keep
+            # state between attempts).
+            return self._attempt(ctx, digest, decide, exclusive=True)
+
+    def _attempt(
+        self, ctx: Context, digest: str, decide: Callable[[Session], Result], exclusive: bool
+    ) -> Result:
+        with self.store.session(exclusive) as session:
             if ctx.idempotency_key:
                 earlier = session.idempotent_response(ctx.actor, ctx.idempotency_key, digest)
                 if earlier is not None:
@@ -215,7 +229,7 @@ class Commands:
             if state.creator != ctx.actor:
                 raise Forbidden(f"only the creator of task '{name}' may delete it")
             require_transition(state, TaskStatus.DELETED, "delete")
-            was_running.append(state.status != TaskStatus.CREATED)
+            was_running[:] = [state.status != TaskStatus.CREATED]  # once, even if run again
             return self._append_and_view(session, state, ctx, TaskDeleted())
 
         result = self._run(ctx, f"delete:{name}", {}, decide)
@@ -229,11 +243,13 @@ class Commands:
     def _append_and_view(
         self, session: Session, state: TaskState, ctx: Context, event: Event
     ) -> Result:
-        session.append(task_stream(state.task_id), state.version, [self._event(ctx, event)])
-        return self._view(session, state)
+        records = session.append(task_stream(state.task_id), state.version, [self._event(ctx, event)])
+        return self._view(state, records)
 
-    def _view(self, session: Session, state: TaskState) -> Result:
-        new_state = fold(session.read_stream(task_stream(state.task_id)))
+    def _view(self, state: TaskState, appended: list[RecordedEvent]) -> Result:
+        # The append checked that `state` is the whole stream before it, so folding the new
+        # events onto it gives the task without reading the stream again under the lock.
+        new_state = fold(appended, state)
         assert new_state is not None
         return Result(200, TaskView.of(new_state).model_dump(mode="json"))
 

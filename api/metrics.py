@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -131,13 +130,3 @@ class PlatformGauges(Collector):
         yield GaugeMetricFamily("musketeer_relay_lag_events",
                                 "Committed events not yet relayed to Kafka",
                                 value=max(int(lag["lag"]) if lag else 0, 0))
-
-
-async def observe_requests(request: Request, call_next: Any) -> Any:
-    """Middleware: time every request and hand it to the process's Metrics."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    services = getattr(request.app.state, "services", None)
-    if services is not None:
-        services.metrics.observe(request, response.status_code, time.perf_counter() - started)
-    return response

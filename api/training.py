@@ -111,8 +111,7 @@ class TrainingCommands(KeyCommands):
             require_participants(state, command.participants)
             events = [self._event(ctx, ParticipantMissedRound(round=command.round, username=who))
                       for who in sorted(set(command.participants))]
-            session.append(task_stream(state.task_id), state.version, events)
-            return self._view(session, state)
+            return self._view(state, session.append(task_stream(state.task_id), state.version, events))
 
         return self._run(ctx, f"missed:{name}", command.model_dump(), decide)
 

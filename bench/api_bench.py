@@ -4,12 +4,16 @@ Starts its own broker (unless --bootstrap is given) and API process on a fresh
 database of the local PostgreSQL, and prints, for each command, throughput and
 p50/p99 latency, next to the raw single-row INSERT rate of the same database.
 
-    .venv/bin/python bench/api_bench.py [--clients 32] [--ops 20]
+    .venv/bin/python bench/api_bench.py [--clients 32] [--ops 20] [--json FILE]
+
+With --json FILE it also writes the rows as a JSON list of objects with the keys
+operation, ops_per_s, p50_ms and p99_ms (to compare runs before and after a change).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -19,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -35,6 +40,14 @@ PASSWORD = "bench-password"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summarise(row: tuple[str, int, float, list[float]]) -> dict[str, Any]:
+    """One table row as the JSON object --json writes."""
+    label, count, wall, latencies = row
+    return {"operation": label, "ops_per_s": round(count / wall, 1),
+            "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 1)}
 
 
 def run_concurrently(clients: int, work: Callable[[int], list[float]]) -> tuple[list[float], float]:
@@ -127,6 +140,7 @@ def main() -> int:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL URL allowed to create a scratch database")
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:6]
@@ -150,12 +164,15 @@ def main() -> int:
             broker.stop()
         drop_database(database_url, args.admin_url)
 
+    table = [summarise(row) for row in rows]
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
     header = f"| {'operation':<38} | {'ops':>5} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for label, count, wall, latencies in rows:
-        print(f"| {label:<38} | {count:>5} | {count / wall:>8.1f} | "
-              f"{percentile(latencies, 0.5) * 1000:>7.1f} | {percentile(latencies, 0.99) * 1000:>7.1f} |")
+    for (label, count, _, _), summary in zip(rows, table, strict=True):
+        print(f"| {label:<38} | {count:>5} | {summary['ops_per_s']:>8.1f} | "
+              f"{summary['p50_ms']:>7.1f} | {summary['p99_ms']:>7.1f} |")
     print(f"(mean create latency {statistics.mean(rows[0][3]) * 1000:.1f} ms; create includes two "
           "topic creations on the broker)")
     return 0

@@ -207,8 +207,13 @@ class EventStore(ABC):
     """The log: sessions for commands, plus reads and checks outside any command."""
 
     @abstractmethod
-    def session(self) -> AbstractContextManager[Session]:
-        """A transaction that orders appends; it commits when the block exits cleanly."""
+    def session(self, exclusive: bool = False) -> AbstractContextManager[Session]:
+        """A transaction that orders appends; it commits when the block exits cleanly.
+
+        It may take the append lock only at its first write; a write that finds the log
+        changed under what the block read raises `WriteRace`. `exclusive=True` holds the
+        lock from the start, so no other command can commit in between.
+        """
 
     def append(self, stream_id: str, expected_version: int,
                events: Sequence[NewEvent]) -> list[RecordedEvent]:

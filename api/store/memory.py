@@ -140,8 +140,9 @@ class MemoryEventStore(EventStore):
         self._state = _State()
 
     @contextmanager
-    def session(self) -> Iterator[MemorySession]:
-        # The lock orders sessions as PostgreSQL's table lock does. The copy is shallow
+    def session(self, exclusive: bool = False) -> Iterator[MemorySession]:
+        # The lock orders whole sessions (every one is exclusive), as PostgreSQL's table
+        # lock does for writes. The copy is shallow
         # for rows (records are immutable) and deep for the small mutable tables.
         with self._lock:
             draft = _State(list(self._state.rows), dict(self._state.idempotency),

@@ -1,17 +1,26 @@
 """The event store on PostgreSQL: appends, reads, the hash chain, idempotency.
 
-Every write happens inside a `PostgresSession`: one transaction that first takes an
-EXCLUSIVE lock on `events`. Why a table lock: the log is a single hash chain
-and readers tail it by position, so positions must be handed out in commit
-order. The control plane writes little, and a short lock held for the length of
-one command is simpler and safer than sequences plus gap detection. Readers are
-not blocked (EXCLUSIVE still admits plain SELECTs).
+Every write happens inside a `PostgresSession`: one transaction that takes an
+EXCLUSIVE lock on `events` before its first write and holds it to the commit. Why a
+table lock: the log is a single hash chain and readers tail it by position, so
+positions must be handed out in commit order, and each event's hash chains on the
+previous position's. A lock held from the first write to the commit is simpler and
+safer than sequences plus gap detection. Readers are not blocked (EXCLUSIVE still
+admits plain SELECTs).
+
+Why from the first write and not from the start of the command: a command's reads
+(load the task, fold it, look up the user) then run beside other commands instead
+of queueing behind them. What they read may change before the lock is taken; the
+write itself notices (the stream's version moved, or a unique row now exists) and
+the session raises `WriteRace`, on which the handlers run the command again with
+`session(exclusive=True)`, which takes the lock before the first read, as every
+session did before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
@@ -19,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from api.errors import InvalidInput, Unavailable
+from api.errors import InvalidInput, Unavailable, VersionConflict, WriteRace
 from api.replay import replay_in
 from api.store.contract import (
     GENESIS_HASH,
@@ -36,17 +45,41 @@ from api.store.sql import read_all_from, read_stream, verify_chain
 from schema.events import RecordedEvent
 
 NOTIFY_CHANNEL = "musketeer_events"
+# The stream's version and the log's last position and hash, in one round trip.
+_HEAD = (
+    "SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = %s), 0) AS version,"
+    " last.position, last.hash FROM (SELECT 1) AS one LEFT JOIN LATERAL"
+    " (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"
+)
 
 Projector = Callable[[psycopg.Connection[Any], RecordedEvent], None]
 
 
 class PostgresSession(Session):
-    """One command's transaction, holding the append lock."""
+    """One command's transaction; it takes the append lock at its first write."""
 
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None):
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None,
+                 pipeline: ExitStack | None = None):
         self.conn = conn
         self._projector = projector
+        self._pipeline = pipeline
         self.appended: list[RecordedEvent] = []
+        self.locked = False
+
+    def lock(self) -> None:
+        """Take the append lock (once) and keep it until the transaction ends.
+
+        Every write goes through here first, so writers never hold row locks while
+        waiting for each other's table lock (no deadlock), and the position read next
+        is the last committed one: positions follow commit order.
+        """
+        if not self.locked:
+            # From the lock on, statements queue in a pipeline: a read still waits for its
+            # answer, but the writes are sent with the COMMIT (see `PostgresEventStore.session`).
+            if self._pipeline is not None:
+                self._pipeline.enter_context(self.conn.pipeline())
+            self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            self.locked = True
 
     def stream_version(self, stream_id: str) -> int:
         row = self.conn.execute(
@@ -59,13 +92,16 @@ class PostgresSession(Session):
 
     def append(self, stream_id: str, expected_version: int,
                events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        current = self.stream_version(stream_id)
+        # Round trips under the lock are what every other writer waits for: the lock and
+        # the head travel together; the inserts, projections and NOTIFY wait in the
+        # session's pipeline and go with the COMMIT.
+        self.lock()
+        head = self.conn.execute(_HEAD, (stream_id,)).fetchone()
+        assert head is not None  # the query always returns one row
+        current = int(head["version"])
         check_expected_version(stream_id, current, expected_version)
-        last = self.conn.execute(
-            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone()
-        position = int(last["position"]) if last else 0
-        prev_hash = bytes(last["hash"]) if last else GENESIS_HASH
+        position = int(head["position"] or 0)
+        prev_hash = bytes(head["hash"]) if head["hash"] is not None else GENESIS_HASH
         recorded: list[RecordedEvent] = []
         for offset, new in enumerate(events, start=1):
             record = seal(new, stream_id, current + offset, position + offset, prev_hash)
@@ -100,6 +136,7 @@ class PostgresSession(Session):
 
     def remember_response(self, actor: str, key: str, request_hash: str, status_code: int,
                           response: Any) -> None:
+        self.lock()
         self.conn.execute(
             "INSERT INTO idempotency_keys (actor, key, request_hash, status_code, response)"
             " VALUES (%s, %s, %s, %s, %s)",
@@ -129,6 +166,7 @@ class PostgresSession(Session):
         return (str(row["username"]), str(row["status"])) if row else None
 
     def add_credentials(self, username: str, password_hash: str) -> None:
+        self.lock()
         self.conn.execute("INSERT INTO credentials (username, password_hash) VALUES (%s, %s)",
                           (username, password_hash))
 
@@ -139,11 +177,42 @@ class PostgresSession(Session):
         return int(row["size"]) if row else None
 
     def store_artifact(self, task_id: str, sha256: str, content: bytes) -> None:
+        self.lock()
         self.conn.execute(
             "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (task_id, sha256) DO NOTHING",
             (sha256, task_id, len(content), content),
         )
+
+
+def _committed(conn: psycopg.Connection[dict[str, Any]], projector: Projector | None,
+               exclusive: bool) -> Generator[PostgresSession, None, PostgresSession]:
+    """Yield a session in a transaction; commit it, the queued writes with the COMMIT.
+
+    Why the order: the pipeline the session opens at its lock is left after the
+    transaction, so its writes and the COMMIT reach the server in one round trip, and
+    the lock is released there without waiting for this thread to run Python again.
+    """
+    try:
+        with ExitStack() as pipeline:
+            session = PostgresSession(conn, projector, pipeline)
+            with conn.transaction():
+                if exclusive:
+                    session.lock()
+                yield session
+    except BaseException:
+        # A write that failed in the pipeline leaves the transaction aborted, not closed.
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()
+        raise
+    return session
+
+
+def _race(exc: Exception) -> WriteRace:
+    # A unique row (a task name, a key) another command committed after this one looked.
+    if isinstance(exc, VersionConflict):
+        return WriteRace(exc.message, exc.details)
+    return WriteRace("another command wrote the same row first; try again")
 
 
 class PostgresEventStore(EventStore):
@@ -157,11 +226,15 @@ class PostgresEventStore(EventStore):
         self._on_commit = on_commit
 
     @contextmanager
-    def session(self) -> Iterator[PostgresSession]:
-        with self.connection() as conn, conn.transaction():
-            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-            session = PostgresSession(conn, self._projector)
-            yield session
+    def session(self, exclusive: bool = False) -> Iterator[PostgresSession]:
+        try:
+            with self.connection() as conn:
+                session = yield from _committed(conn, self._projector, exclusive)
+        except (VersionConflict, psycopg.errors.UniqueViolation) as exc:
+            # A unique row written by another command is found at the commit at the latest.
+            if exclusive or isinstance(exc, WriteRace):
+                raise
+            raise _race(exc) from exc
         # Reached only when the transaction committed (an exception skips it).
         if self._on_commit is not None and session.appended:
             self._on_commit(session.appended)
