@@ -93,9 +93,15 @@ class Commands:
         self.topics = topics
 
     def _run(
-        self, ctx: Context, command: str, payload: Any, decide: Callable[[Session], Result]
+        self, ctx: Context, command: str, payload: Any, decide: Callable[[Session], Result],
+        exclusive: bool = False,
     ) -> Result:
+        """Run `decide` in one transaction. `exclusive`: hold the append lock from the first
+        read, for a command whose decision reads other streams than the one it appends to
+        (a write race is seen only on the stream appended to)."""
         digest = request_digest(command, payload)
+        if exclusive:
+            return self._attempt(ctx, digest, decide, exclusive=True)
         try:
             return self._attempt(ctx, digest, decide, exclusive=False)
         except WriteRace:

@@ -74,7 +74,9 @@ class TrainingCommands(KeyCommands):
             event = TaskStarted(participants=members, keys=keys_in_force(session, [state.creator, *members]))
             return self._append_and_view(session, state, ctx, event)
 
-        return self._run(ctx, f"start:{name}", {}, decide)
+        # Exclusive: the keys in force are read from the members' own streams, and a key
+        # revoked meanwhile must not be recorded as in force for the task.
+        return self._run(ctx, f"start:{name}", {}, decide, exclusive=True)
 
     def record_round(self, name: str, command: RecordRound, ctx: Context) -> Result:
         """Record the next round; a repeat or a gap is a 409."""
