@@ -4,7 +4,10 @@ with the global weights unchanged (plain), or speaks secure aggregation with a z
 believes only the creator's broadcasts, as the real daemon does. No TensorFlow is loaded.
 
     python bench/noop_participant.py TASK --api URL --bootstrap HOST:PORT --keys-dir DIR \\
-        [--samples 100] [--stats FILE]      # the token comes from MUSKETEER_TOKEN
+        [--samples 100] [--stats FILE] [--send-lock FILE]   # the token comes from MUSKETEER_TOKEN
+
+--send-lock makes the processes that name the same file send one at a time (flock), a diagnostic
+to tell reassembling interleaved updates apart from the rest of a round.
 
 On the final model it writes {"rounds": [...], "bytes_sent": N} to --stats and exits 0.
 """
@@ -12,10 +15,13 @@ On the final model it writes {"rounds": [...], "bytes_sent": N} to --stats and e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ def main() -> int:
     parser.add_argument("--keys-dir", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--stats", type=Path)
+    parser.add_argument("--send-lock", type=Path, help="send while holding flock on this file")
     args = parser.parse_args()
     client = MusketeerClient(args.api, os.environ.get("MUSKETEER_TOKEN"))
     ring = KeyRing(args.keys_dir, client.me().username)
@@ -63,8 +70,9 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
 
     def send(kind: str, round_no: int, payload: bytes) -> str:
         sent["bytes"] += len(payload)
-        return writer.send(str(task.topics.updates), task_id=task.task_id, round=round_no, kind=kind,
-                           sender=ring.username, payload=payload)
+        with held(args.send_lock):
+            return writer.send(str(task.topics.updates), task_id=task.task_id, round=round_no, kind=kind,
+                               sender=ring.username, payload=payload)
 
     secure = (SecureInputs(task.task_id, ring.username, task.definition, task.pom, len(task.participants),
                            send, lambda text: print(text, flush=True)) if privacy.secure(task.pom) else None)
@@ -86,6 +94,20 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
                     answer(secure, send, payload.round, bundle_to_weights(bundle), args.samples)
                 elif payload.kind in dataplane.SECURE_BROADCASTS and secure is not None:
                     secure.on_broadcast(payload.kind, payload.round, bundle)
+
+
+@contextlib.contextmanager
+def held(lock: Path | None) -> Iterator[None]:
+    """An exclusive flock on `lock` for the block (nothing when None)."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def answer(secure: SecureInputs | None, send: Any, round_no: int, weights: list[np.ndarray], samples: int) -> None:
