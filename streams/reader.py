@@ -31,10 +31,12 @@ _READER_OVERRIDES: dict[str, Any] = {
     # Room for several 1 MiB frames per partition per fetch, so a large
     # payload streams in without one round trip per frame.
     "max.partition.fetch.bytes": 8 * 1024 * 1024,
-    "fetch.max.bytes": 64 * 1024 * 1024,
+    "fetch.max.bytes": 16 * 1024 * 1024,
     # librdkafka's prefetch queue per reader: it bounds the memory of frames
-    # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
-    "queued.max.messages.kbytes": 64 * 1024,
+    # fetched ahead of poll(). 16 MiB (librdkafka's default is 64) keeps the
+    # reader streaming (it takes frames far faster than a fetch brings them)
+    # while the aggregator's memory stays near one model.
+    "queued.max.messages.kbytes": 16 * 1024,
     "logger": _LOG,
 }
 # Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
@@ -97,6 +99,9 @@ class PayloadReader:
         self._backlog: deque[Message] = deque()
         self._consumer = Consumer(consumer_config(self.broker, **_READER_OVERRIDES))
         self._closed = False
+        # When the last frame came (monotonic): a reader that is receiving frames reads a live
+        # topic, so callers ask the broker whether it lost the topic only once frames stop.
+        self.last_frame_at = time.monotonic()
         self._topics = list(topics)
         self.resets = 0
         self._admin: TopicAdmin | None = None
@@ -222,7 +227,10 @@ class PayloadReader:
         # consume(n, t) waits until it has n messages or t has passed: wait
         # for one only, then take whatever else is already fetched.
         first = self._consumer.consume(1, wait_s)
-        return first + self._consumer.consume(_CONSUME_BATCH - 1, 0) if first else first
+        if not first:
+            return first
+        self.last_frame_at = time.monotonic()
+        return first + self._consumer.consume(_CONSUME_BATCH - 1, 0)
 
     def _handle(self, message: Message) -> list[Delivery]:
         error = message.error()
