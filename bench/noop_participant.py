@@ -78,6 +78,8 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
                            send, lambda text: print(text, flush=True)) if privacy.secure(task.pom) else None)
     creator = [k for k in client.task_member_keys(task.name) if k.username == task.creator]
     rounds: list[int] = []
+    # When each round's weights were complete here, and when the update was acknowledged (epoch s).
+    timeline: list[dict[str, float]] = []
     with PayloadReader(args.bootstrap, [str(task.topics.broadcast)], verifier=Verifier(creator)) as reader:
         while True:
             for delivery in reader.poll(1.0):
@@ -86,12 +88,15 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
                 payload = delivery.payload
                 if payload.kind in (dataplane.FINAL, dataplane.STOP):
                     if args.stats:
-                        args.stats.write_text(json.dumps({"rounds": rounds, "bytes_sent": sent["bytes"]}))
+                        args.stats.write_text(json.dumps({"rounds": rounds, "bytes_sent": sent["bytes"],
+                                                          "timeline": timeline}))
                     return 0 if payload.kind == dataplane.FINAL else 1
                 bundle = decode_bundle(payload.data)
                 if payload.kind == dataplane.WEIGHTS and payload.round not in rounds:
                     rounds.append(payload.round)
+                    received = time.time()
                     answer(secure, send, payload.round, bundle_to_weights(bundle), args.samples)
+                    timeline.append({"round": payload.round, "received": received, "sent": time.time()})
                 elif payload.kind in dataplane.SECURE_BROADCASTS and secure is not None:
                     secure.on_broadcast(payload.kind, payload.round, bundle)
 

@@ -383,6 +383,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL URL allowed to create a scratch database")
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the scratch folder (logs, "
+                        "participants' timelines) after a successful run")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the rows to FILE as a JSON list (params, participants, "
                              "s_per_round, cycle_s, agg_rss_added_mib, agg_peak_rss_mib, ...)")
@@ -433,7 +435,7 @@ def main() -> int:
         if broker:
             broker.stop()
         drop_database(database_url, args.admin_url)
-        if ok:
+        if ok and not args.keep_logs:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"logs kept in {work}", file=sys.stderr, flush=True)

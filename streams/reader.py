@@ -37,6 +37,11 @@ _READER_OVERRIDES: dict[str, Any] = {
     # reader streaming (it takes frames far faster than a fetch brings them)
     # while the aggregator's memory stays near one model.
     "queued.max.messages.kbytes": 16 * 1024,
+    # How long the broker may hold a fetch that found nothing new. With
+    # librdkafka's default (500 ms) a reader that catches up with a writer can
+    # sit out up to half a second, many times a round; 20 ms took no-op rounds
+    # of 1M params x 8 participants from 1.2 to 0.5 s on the embedded broker.
+    "fetch.wait.max.ms": 20,
     "logger": _LOG,
 }
 # Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
