@@ -161,7 +161,12 @@ class PayloadReader:
             try:
                 _low, high = self._consumer.get_watermark_offsets(probe, timeout=timeout_s)
                 position = self._consumer.position([probe])[0].offset
-            except KafkaException:
+            except KafkaException as exc:
+                if _unanswered(exc):
+                    # A broker too busy to answer in time (32 participants' updates arriving)
+                    # has not lost anything: starting over would re-read every topic, and
+                    # its own calls would time out as well. Ask again at the next check.
+                    return False
                 lost = True
                 continue
             if position >= 0 and high < position:
@@ -289,6 +294,12 @@ class PayloadReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+
+def _unanswered(exc: KafkaException) -> bool:
+    """Whether the broker did not answer (timeout, no connection), as opposed to answering no."""
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() in UNREACHABLE
 
 
 def _rejected(reason: str, envelope: Envelope | None, where: _Where) -> Rejected:
