@@ -62,10 +62,29 @@ def watch_rounds(record: dict[str, Any]) -> None:
     aggregator.daemon.run_round = run_round
 
 
+def watch_folds(record: dict[str, Any]) -> None:
+    """Wrap round.py's fold_update to note when each update was folded (epoch s; behaviour unchanged)."""
+    import time
+
+    import aggregator.round
+
+    original = aggregator.round.fold_update
+    folds: list[dict[str, Any]] = record.setdefault("folds", [])
+
+    def fold_update(average: Any, accepted: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.time()
+        outcome = original(average, accepted, *args, **kwargs)
+        folds.append({"sender": accepted.sender, "began": began, "done": time.time()})
+        return outcome
+
+    aggregator.round.fold_update = fold_update
+
+
 def main() -> None:
     """Run the CLI with sys.argv; write the record even when it fails."""
     record: dict[str, Any] = {}
     watch_rounds(record)
+    watch_folds(record)
     try:
         from infra.cli import main as cli_main
 

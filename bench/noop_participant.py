@@ -4,7 +4,10 @@ with the global weights unchanged (plain), or speaks secure aggregation with a z
 believes only the creator's broadcasts, as the real daemon does. No TensorFlow is loaded.
 
     python bench/noop_participant.py TASK --api URL --bootstrap HOST:PORT --keys-dir DIR \\
-        [--samples 100] [--stats FILE]      # the token comes from MUSKETEER_TOKEN
+        [--samples 100] [--stats FILE] [--send-lock FILE]   # the token comes from MUSKETEER_TOKEN
+
+--send-lock makes the processes that name the same file send one at a time (flock), a diagnostic
+to tell reassembling interleaved updates apart from the rest of a round.
 
 On the final model it writes {"rounds": [...], "bytes_sent": N} to --stats and exits 0.
 """
@@ -12,10 +15,13 @@ On the final model it writes {"rounds": [...], "bytes_sent": N} to --stats and e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ def main() -> int:
     parser.add_argument("--keys-dir", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--stats", type=Path)
+    parser.add_argument("--send-lock", type=Path, help="send while holding flock on this file")
     args = parser.parse_args()
     client = MusketeerClient(args.api, os.environ.get("MUSKETEER_TOKEN"))
     ring = KeyRing(args.keys_dir, client.me().username)
@@ -63,13 +70,16 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
 
     def send(kind: str, round_no: int, payload: bytes) -> str:
         sent["bytes"] += len(payload)
-        return writer.send(str(task.topics.updates), task_id=task.task_id, round=round_no, kind=kind,
-                           sender=ring.username, payload=payload)
+        with held(args.send_lock):
+            return writer.send(str(task.topics.updates), task_id=task.task_id, round=round_no, kind=kind,
+                               sender=ring.username, payload=payload)
 
     secure = (SecureInputs(task.task_id, ring.username, task.definition, task.pom, len(task.participants),
                            send, lambda text: print(text, flush=True)) if privacy.secure(task.pom) else None)
     creator = [k for k in client.task_member_keys(task.name) if k.username == task.creator]
     rounds: list[int] = []
+    # When each round's weights were complete here, and when the update was acknowledged (epoch s).
+    timeline: list[dict[str, float]] = []
     with PayloadReader(args.bootstrap, [str(task.topics.broadcast)], verifier=Verifier(creator)) as reader:
         while True:
             for delivery in reader.poll(1.0):
@@ -78,14 +88,31 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
                 payload = delivery.payload
                 if payload.kind in (dataplane.FINAL, dataplane.STOP):
                     if args.stats:
-                        args.stats.write_text(json.dumps({"rounds": rounds, "bytes_sent": sent["bytes"]}))
+                        args.stats.write_text(json.dumps({"rounds": rounds, "bytes_sent": sent["bytes"],
+                                                          "timeline": timeline}))
                     return 0 if payload.kind == dataplane.FINAL else 1
                 bundle = decode_bundle(payload.data)
                 if payload.kind == dataplane.WEIGHTS and payload.round not in rounds:
                     rounds.append(payload.round)
+                    received = time.time()
                     answer(secure, send, payload.round, bundle_to_weights(bundle), args.samples)
+                    timeline.append({"round": payload.round, "received": received, "sent": time.time()})
                 elif payload.kind in dataplane.SECURE_BROADCASTS and secure is not None:
                     secure.on_broadcast(payload.kind, payload.round, bundle)
+
+
+@contextlib.contextmanager
+def held(lock: Path | None) -> Iterator[None]:
+    """An exclusive flock on `lock` for the block (nothing when None)."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def answer(secure: SecureInputs | None, send: Any, round_no: int, weights: list[np.ndarray], samples: int) -> None:

@@ -3,7 +3,8 @@
 For every (P parameters, N participants) it creates a task (quorum N, --rounds
 rounds, 1 epoch), runs the real aggregator (`musketeer aggregate TASK --model
 F.keras`) as its own process, and answers every round from N no-op participant
-threads that send the received weights back unchanged. It prints seconds per
+processes (bench/noop_participant.py, no TensorFlow) that send the received
+weights back unchanged, signed. It prints seconds per
 round and the aggregator's RSS (measured by bench/aggregator_rss.py), to check
 that aggregation memory does not grow with N (DESIGN.md: updates are folded
 into a running sum as they arrive). --serialise-sends makes the participants
@@ -14,13 +15,12 @@ Starts its own broker (unless --bootstrap is given) and API process on a fresh
 database of the local PostgreSQL, and removes them at the end.
 
     .venv/bin/python bench/round_bench.py [--rounds 3] [--params 1000000,10000000]
-                                          [--participants 2,8] [--serialise-sends]
+                                          [--participants 2,8] [--serialise-sends] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,24 +37,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from client import MusketeerClient, Task
-from client.keys import public_text
+from client.keys import KeyRing
+from client.keys_api import ensure_registered
 from infra.apiproc import start_api
 from infra.procs import log_tail
 from infra.tansu import start_broker
-from schema import dataplane
-from schema.dataplane import UpdateMeta
-from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
-from streams.reader import PayloadReader, Received, Rejected
-from streams.signing import Signer
-from streams.writer import PayloadWriter
 from tests.conftest import drop_database, fresh_database
 
 PASSWORD = "bench-password"
 MIB = 1024 * 1024
 WRAPPER = Path(__file__).resolve().parent / "aggregator_rss.py"
+NOOP = Path(__file__).resolve().parent / "noop_participant.py"
 INPUT_WIDTH = 1000  # the model is Input((1000,)) -> Dense(units): 1001 * units parameters
 
 
@@ -113,68 +106,54 @@ def build_model_file(params: int, folder: Path, tag: str) -> tuple[Path, int]:
 # -- no-op participants ---------------------------------------------------------
 
 
-class NoOpParticipant(threading.Thread):
-    """Answers every broadcast round with the weights it received, unchanged (no training)."""
+@dataclass
+class Participants:
+    """The no-op participant processes of one task (bench/noop_participant.py), their logs and stats."""
 
-    def __init__(self, bootstrap: str, task: Task, username: str, signer: Signer, abort: threading.Event,
-                 send_lock: threading.Lock | None = None) -> None:
-        super().__init__(name=f"participant-{username}", daemon=True)
-        self.bootstrap = bootstrap
-        if not (task.topics.broadcast and task.topics.updates):
-            raise BenchFailed(f"task {task.name} has no data-plane topics")
-        self.task = task
-        self.broadcast_topic: str = task.topics.broadcast
-        self.updates_topic: str = task.topics.updates
-        self.username = username
-        self.signer = signer  # every update is signed, as a real participant's
-        self.abort = abort
-        self.send_lock = send_lock
-        self.answered: list[int] = []
-        self.payload_bytes = 0
-        self.error: BaseException | None = None
-        self.finished = False
+    processes: dict[str, subprocess.Popen[bytes]]
+    logs: dict[str, Path]
+    stats: dict[str, Path]
 
-    def run(self) -> None:
-        try:
-            self._follow()
-        except BaseException as exc:  # reported by the bench, not lost in a thread
-            self.error = exc
+    def failed(self) -> str | None:
+        """Why a participant already failed (it exited non-zero), or None."""
+        for name, process in self.processes.items():
+            if process.poll() not in (None, 0):
+                return f"participant {name} exited {process.returncode}:\n{log_tail(self.logs[name], 20)}"
+        return None
 
-    def _follow(self) -> None:
-        writer = PayloadWriter(self.bootstrap, signer=self.signer)
-        with PayloadReader(self.bootstrap, [self.broadcast_topic]) as broadcasts:
-            while not self.abort.is_set():
-                for delivery in broadcasts.poll(1.0):
-                    if self._handle(delivery, writer):
-                        self.finished = True
-                        return
+    def wait(self, timeout_s: float) -> None:
+        """Wait for every participant to see the final model and exit 0."""
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                raise BenchFailed(f"participant {name} never saw the final model") from None
+        if problem := self.failed():
+            raise BenchFailed(problem)
 
-    def _handle(self, delivery: Received | Rejected, writer: PayloadWriter) -> bool:
-        """Answer a `weights` broadcast; True once the final model has arrived."""
-        if isinstance(delivery, Rejected):
-            raise BenchFailed(f"{self.username}: a broadcast was rejected: {delivery.reason}")
-        payload = delivery.payload
-        if payload.task_id != self.task.task_id:
-            return False
-        if payload.kind == dataplane.STOP:
-            raise BenchFailed(f"{self.username}: the aggregator stopped the task")
-        if payload.kind == dataplane.WEIGHTS and payload.round not in self.answered:
-            self._answer(writer, payload.round, payload.data)
-        return payload.kind == dataplane.FINAL
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop_process(process)
 
-    def _answer(self, writer: PayloadWriter, round_no: int, data: bytes) -> None:
-        # The real participant's update (TaskWorker._train_round) minus the training.
-        weights = bundle_to_weights(decode_bundle(data))
-        meta = UpdateMeta(samples=100, test_samples=0, metrics={})
-        update = encode_bundle(keras_weights_to_bundle(weights, meta.model_dump()))
-        self.payload_bytes = len(update)
-        # With --serialise-sends one update is on the wire at a time, so the
-        # aggregator never sees frames of two updates interleaved.
-        with self.send_lock or contextlib.nullcontext():
-            writer.send(self.updates_topic, task_id=self.task.task_id, round=round_no,
-                        kind=dataplane.UPDATE, sender=self.username, payload=update,
-                        key=self.username)
-        self.answered.append(round_no)
+
+def spawn_participants(platform: Platform, task: Task, members: dict[str, str],
+                       send_lock: Path | None) -> Participants:
+    """One bench/noop_participant.py process per member ({name: token}): no TensorFlow, signed
+    updates, the global weights sent back unchanged (the real participant minus the training)."""
+    found = Participants({}, {}, {})
+    for name, token in members.items():
+        found.logs[name] = platform.work / f"participant-{name}.log"
+        found.stats[name] = platform.work / f"participant-{name}.json"
+        command = [sys.executable, str(NOOP), task.name, "--api", platform.api_url, "--bootstrap",
+                   platform.bootstrap, "--keys-dir", str(platform.work / "keys"),
+                   "--stats", str(found.stats[name])]
+        if send_lock is not None:
+            command += ["--send-lock", str(send_lock)]
+        with open(found.logs[name], "ab") as out:
+            found.processes[name] = subprocess.Popen(
+                command, env={**os.environ, "MUSKETEER_TOKEN": token}, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return found
 
 
 # -- users and the task -------------------------------------------------------------
@@ -188,25 +167,26 @@ def user(platform: Platform, name: str) -> MusketeerClient:
     return client
 
 
-def keyed_user(platform: Platform, name: str) -> tuple[MusketeerClient, Signer]:
-    """Register and log in `name` with a signing key of their own."""
+def keyed_user(platform: Platform, name: str) -> MusketeerClient:
+    """Register and log in `name` with a signing key of their own (in the bench's keys folder,
+    where their participant process finds it)."""
     client = user(platform, name)
-    key = Ed25519PrivateKey.generate()
-    client.register_key(public_text(key))
-    return client, Signer(key)
+    ensure_registered(client, KeyRing(platform.work / "keys", name))
+    return client
 
 
 def create_task(platform: Platform, params: int, n: int, rounds: int
-                ) -> tuple[MusketeerClient, Task, dict[str, Signer]]:
-    """A creator, a task with quorum n, and n participants who joined it."""
+                ) -> tuple[MusketeerClient, Task, dict[str, str]]:
+    """A creator, a task with quorum n, and n participants who joined it ({name: token})."""
     tag = f"rb{platform.run}p{params}n{n}"
     creator = user(platform, f"{tag}-creator")
     task = creator.create_task(f"{tag}-task", {"quorum": n, "rounds": rounds, "epochs": 1, "model": "user"})
-    signers: dict[str, Signer] = {}
+    tokens: dict[str, str] = {}
     for name in (f"{tag}-p{i}" for i in range(n)):
-        client, signers[name] = keyed_user(platform, name)
+        client = keyed_user(platform, name)
         client.join(task.name)
-    return creator, task, signers
+        tokens[name] = client.token or ""
+    return creator, task, tokens
 
 
 # -- the aggregator process ---------------------------------------------------------
@@ -245,7 +225,7 @@ class LogFollower:
 
 
 def run_aggregator(platform: Platform, task: Task, token: str, model_file: Path,
-                   participants: list[NoOpParticipant], timeout_s: float) -> tuple[float, Path, Path]:
+                   participants: Participants, timeout_s: float) -> tuple[float, Path, Path]:
     """Run the aggregator to its exit; its wall time, log and memory record."""
     log = platform.work / f"aggregator-{task.name}.log"
     rss_file = platform.work / f"rss-{task.name}.json"
@@ -258,9 +238,8 @@ def run_aggregator(platform: Platform, task: Task, token: str, model_file: Path,
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         while process.poll() is None:
-            failed = [p for p in participants if p.error is not None]
-            if failed:
-                raise BenchFailed(f"participant {failed[0].username} failed: {failed[0].error}")
+            if problem := participants.failed():
+                raise BenchFailed(problem)
             if time.monotonic() - started > timeout_s:
                 raise BenchFailed(f"the aggregator did not finish within {timeout_s:g} s")
             follower.show_new()
@@ -290,30 +269,22 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 def bench_combination(platform: Platform, model_file: Path, params: int, n: int,
                       rounds: int, serialise: bool) -> Row:
-    """Run one task of `rounds` rounds with n no-op participants; its measurements."""
-    creator, task, names = create_task(platform, params, n, rounds)
-    abort = threading.Event()
-    lock = threading.Lock() if serialise else None
-    participants = [NoOpParticipant(platform.bootstrap, task, name, signer, abort, lock)
-                    for name, signer in names.items()]
-    for participant in participants:
-        participant.start()
+    """Run one task of `rounds` rounds with n no-op participant processes; its measurements."""
+    creator, task, members = create_task(platform, params, n, rounds)
+    lock = platform.work / f"send-{task.name}.lock" if serialise else None
+    participants = spawn_participants(platform, task, members, lock)
     try:
         timeout_s = 300.0 + rounds * 600.0
         _wall, _log, rss_file = run_aggregator(platform, task, creator.token or "", model_file,
                                                participants, timeout_s)
-        for participant in participants:
-            participant.join(60)
-        unfinished = [p.username for p in participants if not p.finished]
-        if unfinished:
-            raise BenchFailed(f"participants never saw the final model: {', '.join(unfinished)}")
+        participants.wait(60)
     finally:
-        abort.set()
+        participants.stop()
     return measure(creator, task, params, n, rounds, participants, rss_file)
 
 
 def measure(creator: MusketeerClient, task: Task, params: int, n: int, rounds: int,
-            participants: list[NoOpParticipant], rss_file: Path) -> Row:
+            participants: Participants, rss_file: Path) -> Row:
     """Rounds and timings from the API, memory from the aggregator's record."""
     recorded = creator.rounds(task.name)
     if len(recorded) != rounds:
@@ -325,8 +296,9 @@ def measure(creator: MusketeerClient, task: Task, params: int, n: int, rounds: i
     started, completed = events.get("TaskStarted"), events.get("TaskCompleted")
     task_s = (completed - started).total_seconds() if started and completed else float("nan")
     memory = json.loads(rss_file.read_text())
-    return Row(params, n, rounds, durations, cycles, task_s,
-               max(p.payload_bytes for p in participants), memory)
+    stats = [json.loads(path.read_text()) for path in participants.stats.values()]
+    payload = max(s["bytes_sent"] // max(1, len(s["rounds"])) for s in stats)
+    return Row(params, n, rounds, durations, cycles, task_s, payload, memory)
 
 
 # -- the table ------------------------------------------------------------------
@@ -334,6 +306,30 @@ def measure(creator: MusketeerClient, task: Task, params: int, n: int, rounds: i
 
 def mib(kib: int | None) -> str:
     return f"{kib / 1024:.0f}" if kib else "n/a"
+
+
+def memory_mib(row: Row) -> tuple[float | None, float | None, float | None]:
+    """The aggregator's RSS added by the rounds, its peak in the rounds and over the whole run (MiB)."""
+    m = row.memory
+    baseline, in_rounds = m.get("baseline_rss_kib"), m.get("rounds_peak_kib")
+    whole = max(m.get("setup_peak_kib", 0), m.get("ru_maxrss_kib", 0), m.get("exit_hwm_kib", 0))
+    added = (in_rounds - baseline) / 1024 if baseline and in_rounds else None
+    return added, (in_rounds / 1024 if in_rounds else None), (whole / 1024 if whole else None)
+
+
+def json_rows(rows: list[Row]) -> list[dict[str, Any]]:
+    """The rows as --json writes them (one object per combination)."""
+    objects = []
+    for row in rows:
+        added, peak, whole = memory_mib(row)
+        objects.append({"params": row.params, "participants": row.participants, "rounds": row.rounds,
+                        "s_per_round": statistics.mean(row.durations),
+                        "s_per_round_max": max(row.durations),
+                        "cycle_s": statistics.mean(row.cycles) if row.cycles else None,
+                        "task_s": row.task_s, "payload_mib": row.payload_bytes / MIB,
+                        "agg_rss_added_mib": added, "agg_peak_rss_mib": peak,
+                        "agg_peak_rss_whole_run_mib": whole, "durations": row.durations})
+    return objects
 
 
 def print_table(rows: list[Row], serialised: bool) -> None:
@@ -358,7 +354,8 @@ def print_table(rows: list[Row], serialised: bool) -> None:
           "updates received and folded, round model uploaded). cycle s = time between consecutive "
           "rounds' recorded_at (adds the broadcast). task s = TaskStarted to TaskCompleted (includes "
           "the aggregator's TensorFlow import and model load, which follow the start). "
-          "Participants are no-op threads in the bench process (no training). Aggregator RSS: "
+          "Participants are no-op processes (bench/noop_participant.py: no training, no TensorFlow; they "
+          "verify the broadcast, decode it, re-encode and sign the update). Aggregator RSS: "
           "VmRSS when round 1 begins (TensorFlow loaded, model built, round 1 broadcast), the peak "
           "(VmHWM, reset at that moment) over the rounds, and the process's peak over the whole run.")
     if serialised:
@@ -386,6 +383,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL URL allowed to create a scratch database")
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the scratch folder (logs, "
+                        "participants' timelines) after a successful run")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the rows to FILE as a JSON list (params, participants, "
+                             "s_per_round, cycle_s, agg_rss_added_mib, agg_peak_rss_mib, ...)")
     return parser.parse_args()
 
 
@@ -433,11 +435,13 @@ def main() -> int:
         if broker:
             broker.stop()
         drop_database(database_url, args.admin_url)
-        if ok:
+        if ok and not args.keep_logs:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"logs kept in {work}", file=sys.stderr, flush=True)
     print_table(rows, args.serialise_sends)
+    if args.json:
+        args.json.write_text(json.dumps(json_rows(rows), indent=1) + "\n")
     print(f"(whole bench: {time.monotonic() - began:.0f} s)")
     return 0
 

@@ -158,7 +158,8 @@ class TaskWorker:
         next_check = time.monotonic() + _STATUS_CHECK_S
         next_reset_check = time.monotonic() + _RESET_CHECK_S
         while True:
-            if time.monotonic() > next_reset_check:
+            # Not while broadcast frames flow (see Collector.gather): the check is several round trips.
+            if time.monotonic() > next_reset_check and time.monotonic() - broadcasts.last_frame_at > _RESET_CHECK_S:
                 if broadcasts.detect_reset():
                     self.say("the broker lost the task's topics; following the re-broadcast")
                     writer.renew()

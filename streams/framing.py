@@ -1,8 +1,9 @@
 """Chunking of large payloads into broker-sized frames, and their reassembly.
 
 The frame's envelope (`schema.envelope`) says where each chunk belongs; the reassembler places
-chunks as they arrive, in any order, checks each one's length and the whole payload's sha256,
-and keeps large payloads on disk rather than in memory while they are incomplete.
+chunks as they arrive, in any order, checks each one's length and the whole payload's sha256
+(hashed while the chunks arrive, not read back at the end), and keeps large payloads on disk
+rather than in memory while they are incomplete.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from schema.envelope import MAX_CHUNK_BYTES, Envelope
+from schema.envelope import MAX_CHUNK_BYTES, Envelope, chunk_span
 from streams.errors import StreamsError
 
 
@@ -112,47 +114,76 @@ class _Memory:
 
 @dataclass
 class _Pending:
-    """One incomplete payload: its first envelope, its bytes so far and which chunks have arrived."""
+    """One incomplete payload: its first envelope, its bytes so far, which chunks have arrived,
+    and the sha256 of its first `hashed` chunks."""
 
     envelope: Envelope
     store: _Spool | _Memory
     received: bytearray
     missing: int
     last_progress: float
+    hasher: Any = field(default_factory=hashlib.sha256)
+    hashed: int = 0
+
+    def hash_in_order(self, index: int, chunk: bytes | bytearray | memoryview) -> None:
+        """Feed the sha256 with chunk `index` if it is next, then with any later ones already here.
+
+        Why: the digest is then ready when the last chunk lands, without reading the payload
+        back. Frames of one payload come in order on their partition, so the catch-up loop (a
+        read from the store) runs only for chunks that arrived out of order.
+        """
+        if index != self.hashed:
+            return
+        self.hasher.update(chunk)
+        self.hashed += 1
+        count = self.envelope.chunk_count
+        while self.hashed < count and self.received[self.hashed]:
+            offset, length = chunk_span(self.envelope.payload_size, count, self.hashed)
+            self.hasher.update(self.store.read(offset, length))
+            self.hashed += 1
 
 
 # How many finished message ids a Reassembler remembers, so a late duplicate
 # chunk of a finished payload is ignored instead of opening a new one that
 # could only expire.
 _FINISHED_MEMORY = 4096
-# Payloads larger than this are reassembled in a temporary file rather than in
-# memory: many large updates arriving at once (their frames interleaved) then
-# cost disk, and the process holds only the payload being handed over.
-SPOOL_OVER_BYTES = 8 * 1024 * 1024
+# Incomplete payloads are reassembled in memory while their total stays within
+# this budget, and in a temporary file beyond it: many large updates arriving at
+# once (their frames interleaved) then cost disk, not memory, so memory does not
+# grow with the number of senders; while they come one at a time (or are small),
+# nothing is written to disk at all.
+MEMORY_BUDGET_BYTES = 64 * 1024 * 1024
+# Payloads larger than this always go to a temporary file (by default, those
+# that could never fit in the memory budget).
+SPOOL_OVER_BYTES = MEMORY_BUDGET_BYTES
 
 
 class Reassembler:
     """Collects frames into payloads, with bounded memory, a timeout and checksum verification.
 
     `max_pending_bytes` caps the total size of incomplete payloads. Payloads over
-    `spool_over_bytes` wait in unlinked temporary files under `spool_dir` (the
-    system's temporary directory by default), so that cap is mostly disk. A
+    `spool_over_bytes`, and those that would take the incomplete payloads held in
+    memory past `memory_budget_bytes`, wait in unlinked temporary files under
+    `spool_dir` (the system's temporary directory by default), so that cap is
+    mostly disk. A
     `verifier` (see streams.signing) is asked about each payload's first frame;
     a payload it refuses is dropped whole.
     """
 
     def __init__(
         self,
-        max_pending_bytes: int = 1024 * 1024 * 1024,
+        max_pending_bytes: int = 8 * 1024 * 1024 * 1024,
         timeout_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         spool_over_bytes: int = SPOOL_OVER_BYTES,
         spool_dir: str | None = None,
         verifier: Callable[[Envelope], str | None] | None = None,
+        memory_budget_bytes: int = MEMORY_BUDGET_BYTES,
     ) -> None:
         self.max_pending_bytes = max_pending_bytes
         self.timeout_s = timeout_s
         self.spool_over_bytes = spool_over_bytes
+        self.memory_budget_bytes = memory_budget_bytes
         self.spool_dir = spool_dir
         # Asked on a payload's first frame: why its sender must not be believed (None: believe).
         self.verifier = verifier
@@ -225,7 +256,7 @@ class Reassembler:
         # Storage of the final size, filled in place: chunks are placed the moment
         # they arrive, in any order, and none is kept.
         try:
-            store: _Spool | _Memory = (_Spool(size, self.spool_dir) if size > self.spool_over_bytes
+            store: _Spool | _Memory = (_Spool(size, self.spool_dir) if self._spools(size)
                                        else _Memory(size))
         except OSError as exc:
             self._finish(envelope.message_id)
@@ -235,6 +266,9 @@ class Reassembler:
                            envelope.chunk_count, self._clock())
         self._pending[envelope.message_id] = pending
         return pending
+
+    def _spools(self, size: int) -> bool:
+        return size > self.spool_over_bytes or self.pending_in_memory + size > self.memory_budget_bytes
 
     def _place(self, pending: _Pending, index: int, offset: int, chunk: bytes | bytearray | memoryview) -> bool:
         if pending.received[index]:
@@ -253,10 +287,17 @@ class Reassembler:
         pending.received[index] = 1
         pending.missing -= 1
         pending.last_progress = self._clock()
+        pending.hash_in_order(index, chunk)
         return True
 
     def _complete(self, pending: _Pending) -> Payload:
         envelope = pending.envelope
+        # Hashed as the chunks arrived (every chunk is here, so all were hashed in order):
+        # a payload whose bytes do not match is refused before they are even read back.
+        if pending.hashed != envelope.chunk_count or pending.hasher.hexdigest() != envelope.payload_sha256:
+            self._finish(envelope.message_id)
+            raise FrameError(f"message {envelope.message_id}: sha256 of the reassembled "
+                             f"{envelope.payload_size} bytes does not match the envelope; dropped")
         try:
             # One bytes object of the payload's size: callers get an immutable
             # payload that nothing else holds, and the store is freed below.
@@ -266,9 +307,6 @@ class Reassembler:
                              f"payload: {exc}; dropped") from exc
         finally:
             self._finish(envelope.message_id)
-        if hashlib.sha256(data).hexdigest() != envelope.payload_sha256:
-            raise FrameError(f"message {envelope.message_id}: sha256 of the reassembled "
-                             f"{envelope.payload_size} bytes does not match the envelope; dropped")
         return Payload(envelope.task_id, envelope.round, envelope.kind, envelope.sender,
                        envelope.message_id, envelope.payload_size, envelope.payload_sha256, data)
 

@@ -31,10 +31,11 @@ _WRITER_OVERRIDES: dict[str, Any] = {
     # keeps tansu 0.6's high watermark right (it reports the base offset of the
     # last batch + 1, which is wrong for multi-record batches).
     "batch.num.messages": 1,
-    # librdkafka copies each frame into its queue; 64 MiB (instead of the
+    # librdkafka copies each frame into its queue; 16 MiB (instead of the
     # 1 GiB default) bounds the writer's memory, and send() waits for room
-    # instead of queueing a whole 200 MB payload at once.
-    "queue.buffering.max.kbytes": 64 * 1024,
+    # instead of queueing a whole 40 MB model at once (the broker takes
+    # frames faster than one process copies them in, so this costs no speed).
+    "queue.buffering.max.kbytes": 16 * 1024,
     "logger": _LOG,
 }
 # The header list type confluent-kafka declares (lists are invariant).

@@ -108,3 +108,29 @@ def test_weighted_metrics_weights_by_samples() -> None:
                                ({"accuracy": 1.0}, 300)])
     assert merged == {"accuracy": pytest.approx(0.875), "loss": pytest.approx(1.0)}
     assert weighted_metrics([]) == {}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_blockwise_fold_and_mean_are_bit_identical_to_the_one_shot_formulas(
+        dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fold adds float64(w) * n a block at a time and the mean divides a block at a time: with a
+    block far smaller than the arrays (and arrays that do not divide into it, 0-d and empty ones)
+    the results equal `total += np.multiply(w, n, dtype=float64)` and `(total / N).astype(dtype)`
+    bit for bit."""
+    monkeypatch.setattr("ml.strategies.fedavg.BLOCK", 1000)
+    rng = np.random.default_rng(7)
+    shapes = [(), (0,), (5,), (37, 111), (3001, 7)]
+    updates = [[rng.normal(0.0, 3.0, shape).astype(dtype) for shape in shapes] for _ in range(4)]
+    samples = [3, 1000, 7, 12345]
+    fold = RunningAverage(template_of(updates[0]))
+
+    for weights, n in zip(updates, samples):
+        fold.add(weights, n)
+
+    for index, array in enumerate(fold.result()):
+        total = np.zeros(shapes[index], dtype=np.float64)
+        for weights, n in zip(updates, samples):
+            total += np.multiply(weights[index], float(n), dtype=np.float64)
+        expected = (total / sum(samples)).astype(dtype)
+        assert array.dtype == expected.dtype and array.shape == expected.shape
+        assert np.array_equal(array, expected)

@@ -323,7 +323,7 @@ def test_spooled_payloads_reassemble_from_disk_and_hold_no_memory_while_pending(
 
 
 def test_spooled_payload_with_a_corrupted_chunk_is_dropped_whole() -> None:
-    """The sha256 is checked on the bytes read back from the spool file."""
+    """The sha256 (fed as the chunks arrive) catches a flipped byte in a spooled payload too."""
     frames = frames_of(payload_bytes(30_000))
     envelope_0, chunk_0 = frames[0]
     bad = [(envelope_0, bytes([chunk_0[0] ^ 1]) + chunk_0[1:]), *frames[1:]]
@@ -379,3 +379,52 @@ def test_memory_of_interleaved_large_payloads_does_not_grow_with_their_number() 
 
     assert spooled < 2 * size, spooled
     assert in_memory > 8 * size, in_memory
+
+
+# --- hashing while receiving, and the memory budget ------------------------------------
+
+
+@pytest.mark.parametrize("spool_over", [10**9, 1000])
+def test_chunks_in_reverse_order_reassemble_and_are_hashed_from_the_store(spool_over: int) -> None:
+    """The sha256 is fed as chunks arrive in order; chunks that came early are hashed from the store
+    once their turn comes, so any arrival order gives the payload (in memory and spooled)."""
+    data = payload_bytes(9_500, seed=4)
+    frames = frames_of(data)
+    reassembler = Reassembler(spool_over_bytes=spool_over)
+
+    assert [p.data for p in feed(reassembler, frames[::-1])] == [data]
+    assert reassembler.pending_bytes == 0
+
+
+@pytest.mark.parametrize("spool_over", [10**9, 1000])
+def test_a_corrupted_chunk_that_arrives_out_of_order_is_still_caught(spool_over: int) -> None:
+    """A flipped byte in a chunk that came before its predecessors (so it is hashed later, from the
+    store) still fails the sha256: FrameError, no payload, nothing pending."""
+    frames = frames_of(payload_bytes(5000, seed=6))
+    env, chunk = frames[3]
+    frames[3] = (env, chunk[:7] + bytes([chunk[7] ^ 0x40]) + chunk[8:])
+    order = [frames[3], frames[4], frames[0], frames[2], frames[1]]
+    reassembler = Reassembler(spool_over_bytes=spool_over)
+
+    with pytest.raises(FrameError, match="sha256"):
+        feed(reassembler, order)
+    assert reassembler.pending_bytes == 0
+
+
+def test_payloads_beyond_the_memory_budget_are_spooled_and_memory_stays_within_it() -> None:
+    """Interleaved payloads stay in memory only while their total fits the budget; the rest go to
+    disk, so what is held in memory is the same for 3 senders and for 12; all come out whole."""
+    def run(senders: int) -> int:
+        payloads = [payload_bytes(20_000, seed=i) for i in range(senders)]
+        streams = [frames_of(p, sender=f"p{i}") for i, p in enumerate(payloads)]
+        interleaved = [frame for group in zip(*streams, strict=True) for frame in group]
+        reassembler = Reassembler(memory_budget_bytes=45_000)
+        held, out = 0, []
+        for env, chunk in interleaved:
+            if (payload := reassembler.add(env, chunk)) is not None:
+                out.append(payload.data)
+            held = max(held, reassembler.pending_in_memory)
+        assert sorted(out) == sorted(payloads)
+        return held
+
+    assert run(3) == run(12) == 40_000

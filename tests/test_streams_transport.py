@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -253,6 +255,31 @@ def test_reader_notices_a_recreated_topic_even_past_its_old_position(tmp_path: A
             got = received(read_until(reader, lambda d: len(received(d)) >= 3))
             assert [d.payload.data for d in got] == [b"new 1", b"new 2", b"new 3"]
             assert reader.resets == 1 and not reader.detect_reset()
+    finally:
+        broker.stop()
+
+
+def test_a_broker_too_busy_to_answer_is_not_taken_for_a_lost_topic(tmp_path: Any) -> None:
+    """A broker that does not answer the reset check in time (here: frozen with SIGSTOP, as an
+    overloaded one is slow) has not lost the topic: the reader does not start over, and once
+    the broker answers again it goes on reading where it was."""
+    broker = start_broker(log_path=tmp_path / "tansu.log")
+    topic = f"t{uuid.uuid4().hex[:10]}.payloads"
+    try:
+        TopicAdmin(broker.bootstrap).create([topic])
+        writer = PayloadWriter(broker.bootstrap)
+        with PayloadReader(broker.bootstrap, [topic]) as reader:
+            writer.send(topic, payload=b"before", **SEND)
+            assert [d.payload.data for d in received(read_until(reader, bool))] == [b"before"]
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                assert not reader.detect_reset(timeout_s=0.5)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            writer.send(topic, payload=b"after", **SEND)
+
+            assert [d.payload.data for d in received(read_until(reader, bool))] == [b"after"]
+            assert reader.resets == 0
     finally:
         broker.stop()
 

@@ -65,9 +65,7 @@ class RunningAverage:
         if reason is not None:
             raise UpdateRejected(reason)
         for total, array in zip(self._sums, weights):
-            # Multiply in float64 (float32 * int would round), then add in place: the only
-            # temporary is one array of the model, freed at once.
-            total += np.multiply(array, float(samples), dtype=np.float64)
+            fold_into(total, array, float(samples))
         self.count += 1
         self.total_samples += int(samples)
 
@@ -75,8 +73,39 @@ class RunningAverage:
         """The weighted average, in each array's original dtype (float32 for Keras models)."""
         if self.count == 0:
             raise ValueError("no update has been added: nothing to average")
-        return [(total / self.total_samples).astype(spec.dtype)
-                for total, spec in zip(self._sums, self.template)]
+        return [mean_of(total, self.total_samples, spec.dtype) for total, spec in zip(self._sums, self.template)]
+
+
+# Elements per step of the blockwise fold and mean: 1 Mi float64 (8 MiB) of scratch, small
+# enough to stay in cache, large enough that the Python loop costs nothing.
+BLOCK = 1 << 20
+
+
+def fold_into(total: np.ndarray, array: np.ndarray, factor: float) -> None:
+    """total += float64(array) * factor, in place, a block at a time.
+
+    Exactly the one-shot `total += np.multiply(array, factor, dtype=np.float64)` (each element
+    is multiplied in float64, then added), without its temporary of the model's size in float64.
+    """
+    flat_total, flat = total.reshape(-1), array.reshape(-1)
+    scratch = np.empty(min(BLOCK, flat.size), dtype=np.float64)
+    for start in range(0, flat.size, BLOCK):
+        part = flat_total[start:start + BLOCK]
+        step = scratch[:part.size]
+        np.multiply(flat[start:start + BLOCK], factor, out=step, dtype=np.float64)
+        np.add(part, step, out=part)
+
+
+def mean_of(total: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
+    """(total / count) cast to `dtype`, a block at a time (no float64 temporary of the model's size)."""
+    result = np.empty(total.shape, dtype=dtype)
+    flat_result, flat_total = result.reshape(-1), total.reshape(-1)
+    scratch = np.empty(min(BLOCK, flat_total.size), dtype=np.float64)
+    for start in range(0, flat_total.size, BLOCK):
+        step = scratch[:flat_total[start:start + BLOCK].size]
+        np.divide(flat_total[start:start + BLOCK], count, out=step)
+        flat_result[start:start + BLOCK] = step
+    return result
 
 
 def weighted_metrics(reports: Sequence[tuple[dict[str, float], int]]) -> dict[str, float]:
