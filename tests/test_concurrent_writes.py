@@ -216,3 +216,25 @@ def test_a_session_takes_the_lock_only_when_it_writes(store: CountingStore) -> N
         assert not session.locked
         session.append(unique("write"), ANY, [joined("a")])
         assert session.locked
+
+
+def test_an_aborted_pipeline_reports_the_write_that_failed() -> None:
+    """Seen once under load in `test_racing_creates_of_one_name_have_one_winner`: the unique
+    task name failed in the pipeline, then leaving the pipeline raised PipelineAborted over
+    it, which `connection()` took for an outage (a 503 instead of a retried race). The store
+    now raises the write's own error; anything else passes through unchanged."""
+    import psycopg
+
+    from api.store.postgres import write_error
+
+    unique_row = psycopg.errors.UniqueViolation("duplicate key value violates unique constraint")
+    aborted = psycopg.errors.PipelineAborted("pipeline aborted")
+    aborted.__context__ = unique_row
+    assert write_error(aborted) is unique_row
+
+    alone = psycopg.errors.PipelineAborted("pipeline aborted")
+    assert write_error(alone) is alone
+    outage = psycopg.OperationalError("server closed the connection")
+    outage.__context__ = unique_row
+    assert write_error(outage) is outage
+    assert write_error(unique_row) is unique_row

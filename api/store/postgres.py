@@ -200,12 +200,29 @@ def _committed(conn: psycopg.Connection[dict[str, Any]], projector: Projector | 
                 if exclusive:
                     session.lock()
                 yield session
-    except BaseException:
+    except BaseException as exc:
         # A write that failed in the pipeline leaves the transaction aborted, not closed.
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.rollback()
+        cause = write_error(exc)
+        if cause is not exc:
+            raise cause from None
         raise
     return session
+
+
+def write_error(exc: BaseException) -> BaseException:
+    """The error that says what went wrong in a pipelined transaction.
+
+    Leaving the pipeline after a failed write may raise PipelineAborted over the write's own
+    error (say, a unique row another command committed first, which is a race to retry): that
+    one is the cause, and the aborted pipeline is no outage of the database.
+    """
+    cause = exc.__context__
+    if (isinstance(exc, psycopg.errors.PipelineAborted) and isinstance(cause, psycopg.Error)
+            and not isinstance(cause, psycopg.errors.PipelineAborted)):
+        return cause
+    return exc
 
 
 def _race(exc: Exception) -> WriteRace:
