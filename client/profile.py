@@ -24,6 +24,16 @@ def default_data_dir() -> Path:
     return Path.cwd() / ".musketeer"
 
 
+def chosen_data_dir() -> Path:
+    """Where `platform up`, `down` and `status` work when not given `--data-dir`: the folder of
+    the profile `--profile` or `MUSKETEER_PROFILE` names (so `musketeer --profile DIR platform
+    down`, as `platform up` suggests, stops that platform), else `./.musketeer`."""
+    if _chosen.profile is not None:
+        return _chosen.profile.parent
+    explicit = os.environ.get("MUSKETEER_PROFILE")
+    return Path(explicit).parent if explicit else default_data_dir()
+
+
 def default_demo_dir() -> Path:
     """The folder `demo` uses when given none: apart from `platform up`'s, so the users the demo
     registers (alice, john, jack, with the demo's password) are not waiting in the platform a

@@ -14,7 +14,7 @@ from aggregator import cli as aggregator_cli
 from api.settings import SettingsError
 from client import ClientError
 from client import cli as client_cli
-from client.profile import default_data_dir, default_demo_dir
+from client.profile import chosen_data_dir, default_data_dir, default_demo_dir
 from infra import platform
 from infra.audit import audit_replay
 from infra.errors import PlatformError
@@ -37,7 +37,8 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 DataDir = Annotated[
     Path,
     typer.Option("--data-dir", help="Folder for the profile, logs and database files.",
-                 default_factory=default_data_dir, show_default="./.musketeer"),
+                 default_factory=chosen_data_dir,
+                 show_default="the folder of --profile or MUSKETEER_PROFILE, else ./.musketeer"),
 ]
 
 

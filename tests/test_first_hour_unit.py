@@ -255,3 +255,24 @@ def test_the_rounds_table_is_readable_in_an_80_column_terminal() -> None:
     assert [line.split()[0] for line in rows] == ["1", "2", "10"]
     assert all("john" in line and "1798" in line for line in rows)
     assert all(len(line.rstrip()) <= 80 for line in lines)
+
+
+def test_platform_commands_work_where_the_profile_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`platform up --data-dir DIR` tells users to name it with `musketeer --profile DIR ...`:
+    `platform status` and `down` then look in DIR, not in ./.musketeer (where `down` said
+    "nothing was running" while DIR's platform ran on)."""
+    from client import profile
+    from infra.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MUSKETEER_PROFILE", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    try:
+        status = CliRunner().invoke(app, ["--profile", str(elsewhere), "platform", "status"])
+    finally:
+        profile.choose()  # the CLI's choice is process-wide: leave none behind
+    assert f"{elsewhere}/profile.json does not exist" in status.output.replace("\n", "")
+    monkeypatch.setenv("MUSKETEER_PROFILE", str(elsewhere / "profile.json"))
+    assert profile.chosen_data_dir() == elsewhere
+    monkeypatch.delenv("MUSKETEER_PROFILE")
+    assert profile.chosen_data_dir() == tmp_path / ".musketeer"
