@@ -113,10 +113,10 @@ def test_weighted_metrics_weights_by_samples() -> None:
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_blockwise_fold_and_mean_are_bit_identical_to_the_one_shot_formulas(
         dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fold adds float64(w) * n a block at a time and the mean divides a block at a time: with a
-    block far smaller than the arrays (and arrays that do not divide into it, 0-d and empty ones)
-    the results equal `total += np.multiply(w, n, dtype=float64)` and `(total / N).astype(dtype)`
-    bit for bit."""
+    """The fold adds float64(w) * n a block at a time and the mean divides straight into the
+    result's dtype: with a block far smaller than the arrays (and arrays that do not divide into
+    it, 0-d and empty ones) the results equal `total += np.multiply(w, n, dtype=float64)` and
+    `(total / N).astype(dtype)` bit for bit."""
     monkeypatch.setattr("ml.strategies.fedavg.BLOCK", 1000)
     rng = np.random.default_rng(7)
     shapes = [(), (0,), (5,), (37, 111), (3001, 7)]

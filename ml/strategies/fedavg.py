@@ -76,7 +76,7 @@ class RunningAverage:
         return [mean_of(total, self.total_samples, spec.dtype) for total, spec in zip(self._sums, self.template)]
 
 
-# Elements per step of the blockwise fold and mean: 1 Mi float64 (8 MiB) of scratch, small
+# Elements per step of the blockwise fold: 1 Mi float64 (8 MiB) of scratch, small
 # enough to stay in cache, large enough that the Python loop costs nothing.
 BLOCK = 1 << 20
 
@@ -97,14 +97,10 @@ def fold_into(total: np.ndarray, array: np.ndarray, factor: float) -> None:
 
 
 def mean_of(total: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
-    """(total / count) cast to `dtype`, a block at a time (no float64 temporary of the model's size)."""
+    """(total / count) cast to `dtype`: divided in float64 and cast through numpy's own small
+    buffers, straight into the result (no float64 temporary of the model's size)."""
     result = np.empty(total.shape, dtype=dtype)
-    flat_result, flat_total = result.reshape(-1), total.reshape(-1)
-    scratch = np.empty(min(BLOCK, flat_total.size), dtype=np.float64)
-    for start in range(0, flat_total.size, BLOCK):
-        step = scratch[:flat_total[start:start + BLOCK].size]
-        np.divide(flat_total[start:start + BLOCK], count, out=step)
-        flat_result[start:start + BLOCK] = step
+    np.divide(total, count, out=result, casting="same_kind")
     return result
 
 
