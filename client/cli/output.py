@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -46,6 +46,21 @@ def unwrapped_off_terminal(console: Console) -> Console:
     """Wrap lines only on a terminal: a log or a pipe gets each message whole, on one line."""
     console.soft_wrap = not console.is_terminal
     return console
+
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+def print_items(items: Sequence[Item], as_json: bool, empty: str,
+                table: Callable[[Sequence[Item]], Table]) -> None:
+    """A list command's answer: `{"items": [...]}` with --json, else the table, or `empty` when
+    there is nothing to show."""
+    if as_json:
+        print_json({"items": [item.model_dump(mode="json") for item in items]})
+    elif not items:
+        out().print(empty)
+    else:
+        out().print(table(items))
 
 
 def print_json(data: Any) -> None:

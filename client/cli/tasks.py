@@ -265,11 +265,7 @@ def tasks_history(
     """Show everything that happened to a task, oldest first."""
     with session(ctx).client(api_url) as client:
         events = client.task_events(name)
-    if as_json:
-        return show.print_json({"items": [e.model_dump(mode="json") for e in events]})
-    if not events:
-        return show.out().print("No events.")
-    show.out().print(show.events_table(events))
+    show.print_items(events, as_json, "No events.", show.events_table)
 
 
 @reports_errors
@@ -297,8 +293,4 @@ def tasks_rounds(
     """Show each completed round: who contributed, metrics, evaluation and the model's digest."""
     with session(ctx).client(api_url) as client:
         rounds = client.rounds(name)
-    if as_json:
-        return show.print_json({"items": [r.model_dump(mode="json") for r in rounds]})
-    if not rounds:
-        return show.out().print("No round completed yet.")
-    show.out().print(show.rounds_table(rounds))
+    show.print_items(rounds, as_json, "No round completed yet.", show.rounds_table)
