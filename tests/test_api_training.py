@@ -18,16 +18,14 @@ from client import (
 )
 from client.keys import public_text
 from tests.conftest import ApiProcess, unique
+from tests.training_support import member
 
 pytestmark = pytest.mark.integration
 
 
 def person(api: ApiProcess) -> MusketeerClient:
     """A registered, logged-in user with a signing key (a task starts only once all have one)."""
-    client = MusketeerClient(api.url)
-    name = unique("p")
-    client.register(name, "training-pass", "Org")
-    client.login(name, "training-pass")
+    client = member(api, "p").client
     client.register_key(public_text(Ed25519PrivateKey.generate()))
     return client
 

@@ -13,16 +13,14 @@ from client.keys import fingerprint_of, public_text
 from streams.framing import split
 from streams.signing import Signer, Verifier
 from tests.conftest import ApiProcess, unique
+from tests.training_support import member as new_member
 
 pytestmark = pytest.mark.integration
 
 
 def person(api: ApiProcess) -> MusketeerClient:
-    client = MusketeerClient(api.url)
-    name = unique("k")
-    client.register(name, "keys-password", "Org")
-    client.login(name, "keys-password")
-    return client
+    """A registered, logged-in user (no signing key yet: these tests register their own)."""
+    return new_member(api, "k").client
 
 
 def started(api: ApiProcess, creator: MusketeerClient, member: MusketeerClient) -> str:
