@@ -6,6 +6,7 @@ round's weights), so a broker that lost the topics can be sent all of it again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ class Broadcaster:
         self.writer = writer
         self.task = task
         self.topic = task.topics.broadcast
-        self._kept: dict[str, tuple[int, bytes]] = {}
+        # What to send again after a broker restart: each kind's round and how to make its payload.
+        self._kept: dict[str, tuple[int, Callable[[], bytes]]] = {}
 
     def statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
         """The global per-feature mean and standard deviation (round 0)."""
@@ -39,11 +41,17 @@ class Broadcaster:
 
     def keep_architecture(self, payload: bytes) -> None:
         """Remember (without sending) the architecture to resend: a resumed aggregator's."""
-        self._kept[dataplane.ARCHITECTURE] = (0, payload)
+        self._kept[dataplane.ARCHITECTURE] = (0, _given(payload))
 
-    def weights(self, round_no: int, payload: bytes) -> None:
-        """The model every participant trains in `round_no`."""
-        self._send(dataplane.WEIGHTS, round_no, payload, keep=True)
+    def weights(self, round_no: int, make_payload: Callable[[], bytes]) -> None:
+        """The model every participant trains in `round_no`, encoded by `make_payload`.
+
+        Why a function and not the bytes: the round's weights are held anyway, and a resend
+        encodes them again, so a model-sized payload lives only while it is being sent.
+        The previous round's is forgotten before this one is encoded.
+        """
+        self._kept[dataplane.WEIGHTS] = (round_no, make_payload)
+        self._send(dataplane.WEIGHTS, round_no, make_payload())
 
     def final(self, round_no: int, payload: bytes) -> None:
         """The final model."""
@@ -64,10 +72,16 @@ class Broadcaster:
         self.writer.renew()  # a restarted broker forgot our idempotent producer's state
         for kind in (dataplane.STANDARDISE, dataplane.ARCHITECTURE, dataplane.WEIGHTS):
             if kind in self._kept:
-                self._send(kind, *self._kept[kind])
+                round_no, make_payload = self._kept[kind]
+                self._send(kind, round_no, make_payload())
 
     def _send(self, kind: str, round_no: int, payload: bytes, keep: bool = False) -> None:
         if keep:
-            self._kept[kind] = (round_no, payload)
+            self._kept[kind] = (round_no, _given(payload))
         self.writer.send(self.topic, task_id=self.task.task_id, round=round_no, kind=kind,
                          sender=self.task.creator, payload=payload, key=self.task.creator)
+
+
+def _given(payload: bytes) -> Callable[[], bytes]:
+    """A payload kept as it is (small, or sent once at the start: the statistics, the architecture)."""
+    return lambda: payload

@@ -36,10 +36,14 @@ class Collector:
                 if self.reader.detect_reset():
                     self.on_reset()
                 next_check = time.monotonic() + RESET_CHECK_S
-            for delivery in self.reader.poll(1.0):
-                accepted = self.gate.accept(delivery, round_no, kind, done)
+            deliveries = self.reader.poll(1.0)
+            while deliveries:
+                # Popped, and the name cleared after the yield: a folded update's bytes are
+                # freed before the next poll reassembles another, not kept alongside it.
+                accepted = self.gate.accept(deliveries.pop(0), round_no, kind, done)
                 if accepted is not None:
                     yield accepted
+                accepted = None
             if time.monotonic() > deadline:
                 return
 

@@ -10,6 +10,7 @@ the data. Rounds record the inertia; the final model is the set with the lowest.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,7 @@ def _evaluation(run: TaskRun) -> Array | None:
 def _round(run: TaskRun, round_no: int, meta: KMeansMeta, centroids: Array,
            evaluation: Array | None) -> tuple[KMeansMeta, Array, RoundResult]:
     """One Lloyd step over everyone's data; the new centroids, recorded."""
-    run.broadcaster.weights(round_no, centroids_payload(meta, centroids))
+    run.broadcaster.weights(round_no, partial(centroids_payload, meta, centroids))
     started = time.monotonic()
     folded = ClusterSums(update_template(meta.n_init, meta.clusters, meta.features))
     _, samples, _ = collect_and_fold(run, round_no, folded)

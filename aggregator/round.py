@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from aggregator.model import Evaluation
 from aggregator.run import AggregationFailed, RoundResult, TaskRun
 from aggregator.secure import secure_update
 from client.daemonlog import log_round
+from ml.contribution import Valuation
 from ml.payload import checkpoint_payload, model_payload
 from ml.seeds import task_seed
 from ml.strategies import ServerOptimiser, Strategy, for_round
@@ -39,25 +41,38 @@ Weights = list[np.ndarray[Any, Any]]
 def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, evaluation: Evaluation | None,
               epsilon: float | None = None) -> tuple[Weights, RoundResult]:
     """Train round `round_no` from `weights`; return the new weights and what was recorded."""
-    run.broadcaster.weights(round_no, model_payload(meta, weights))
+    run.broadcaster.weights(round_no, partial(model_payload, meta, weights))
     started = time.monotonic()
-    definition = run.task.definition
     valuation = None
     if privacy.secure(run.task.pom):
         aggregate, who, metrics = secure_update(run, round_no, weights, round_timeout(run))
         samples: dict[str, int] = {}  # each member's count is inside the masked sum, unknown here
     else:
-        strategy = keep_updates_if_valued(definition, round_no, for_round(definition, weights))
-        average, samples, reports = collect_and_fold(run, round_no, strategy)
-        aggregate, who, metrics = average.result(), sorted(samples), weighted_metrics(reports)
-        seed = task_seed(run.task.task_id, definition) + round_no
-        valuation = value_updates(RoundStart(definition, weights, run.optimiser, seed), strategy, evaluation)
+        aggregate, samples, metrics, valuation = fold_round(run, round_no, weights, evaluation)
+        who = sorted(samples)
     # A server optimiser steps along aggregate − global; without one the aggregate is the model.
     new_weights = next_global(run.optimiser, weights, aggregate)
+    del aggregate  # the optimiser's step is the model now; its input need not live through the record
     outcome = Outcome(who, samples, metrics, started, epsilon)
     result = record_round(run, round_no, meta, new_weights, evaluation, outcome)
     record_values(run, round_no, valuation, meta, evaluation)
     return result
+
+
+def fold_round(run: TaskRun, round_no: int, weights: Weights, evaluation: Evaluation | None
+               ) -> tuple[Weights, dict[str, int], dict[str, float], Valuation | None]:
+    """Collect and fold the round's updates: the aggregate, samples, metrics and valuation.
+
+    Its own function so that the strategy's running sums (float64: twice the model) are freed
+    when it returns, before the round's model is stored.
+    """
+    definition = run.task.definition
+    strategy = keep_updates_if_valued(definition, round_no, for_round(definition, weights))
+    average, samples, reports = collect_and_fold(run, round_no, strategy)
+    aggregate = average.result()
+    seed = task_seed(run.task.task_id, definition) + round_no
+    valuation = value_updates(RoundStart(definition, weights, run.optimiser, seed), strategy, evaluation)
+    return aggregate, samples, weighted_metrics(reports), valuation
 
 
 @dataclass
@@ -110,13 +125,17 @@ def collect_and_fold(run: TaskRun, round_no: int, average: Strategy
     cap = TaskDefinition.model_validate(run.task.definition).sample_cap
     for accepted in updates:
         outcome = fold_update(average, accepted, cap)
+        sender = accepted.sender
+        if not isinstance(outcome, Refused):
+            run.gate.counted(accepted)
+        # Folded (or refused): drop the update's bytes now, not when the next one is here.
+        del accepted
         if isinstance(outcome, Refused):
-            run.recorder.reject(round_no, accepted.sender, outcome.reason, None)
+            run.recorder.reject(round_no, sender, outcome.reason, None)
             continue
-        run.gate.counted(accepted)
         if isinstance(average, KeptUpdates):
-            average.claim(accepted.sender)
-        samples[accepted.sender] = outcome.samples
+            average.claim(sender)
+        samples[sender] = outcome.samples
         reports.append((outcome.metrics, max(outcome.test_samples, 1)))
     if len(samples) < len(run.participants):
         _close_without(run, round_no, samples, timeout_s)
