@@ -7,6 +7,7 @@ from collections.abc import Callable
 from client import MusketeerClient, StoredModel, Task
 from ml.contribution import Valuation
 from schema.lifecycle import TaskStatus
+from streams.codec import EncodedBundle
 
 Progress = Callable[[str], None]
 
@@ -25,8 +26,9 @@ class Recorder:
         self.client.reject_update(self.name, max(round_no, 0), sender[:200] or "unknown",
                                   reason[:2000], message_id)
 
-    def store_model(self, payload: bytes, *, round_no: int | None = None, final: bool = False) -> StoredModel:
-        """Upload a model before any event names its digest."""
+    def store_model(self, payload: bytes | EncodedBundle, *, round_no: int | None = None,
+                    final: bool = False) -> StoredModel:
+        """Upload a model (its bytes, or its pieces: sent a piece at a time) before any event names its digest."""
         return self.client.upload_model(self.name, payload, round=round_no, final=final)
 
     def round(self, round_no: int, *, participants: list[str], model_sha256: str,

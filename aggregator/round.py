@@ -27,7 +27,7 @@ from aggregator.run import AggregationFailed, RoundResult, TaskRun
 from aggregator.secure import secure_update
 from client.daemonlog import log_round
 from ml.contribution import Valuation
-from ml.payload import checkpoint_payload, model_payload
+from ml.payload import checkpoint_pieces, model_payload
 from ml.seeds import task_seed
 from ml.strategies import ServerOptimiser, Strategy, for_round
 from ml.strategies.fedavg import weighted_metrics
@@ -92,7 +92,7 @@ def record_round(run: TaskRun, round_no: int, meta: ModelMeta, new_weights: Weig
     optimiser's state, record RoundCompleted."""
     eval_metrics = evaluation.score(new_weights) if evaluation is not None else {}
     state = None if run.optimiser is None else run.optimiser.state()
-    stored = run.recorder.store_model(checkpoint_payload(meta, new_weights, state), round_no=round_no)
+    stored = run.recorder.store_model(checkpoint_pieces(meta, new_weights, state), round_no=round_no)
     duration = time.monotonic() - outcome.started
     who, metrics = outcome.participants, outcome.metrics
     run.recorder.round(round_no, participants=who, model_sha256=stored.sha256, samples=outcome.samples,

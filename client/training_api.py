@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from client.endpoints import Endpoints, task_path
 from client.errors import ServerError, error_from_response
 from client.models import ModelInfo, Round, StoredModel, Task
+
+
+class SizedChunks(Protocol):
+    """A body sent a chunk at a time, whose total length is known (e.g. streams.codec.EncodedBundle);
+    iterable again from the start, so a retried request sends it whole."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __len__(self) -> int: ...
 
 
 class TrainingApi:
@@ -41,15 +51,17 @@ class TrainingApi:
         body = {"round": round, "sender": sender, "reason": reason, "message_id": message_id}
         return Task.model_validate(self._post(task_path(name, "rejections"), json=body))
 
-    def upload_model(self: Endpoints, name: str, content: bytes, *, round: int | None = None,
+    def upload_model(self: Endpoints, name: str, content: bytes | SizedChunks, *, round: int | None = None,
                      final: bool = False, idempotency_key: str | None = None) -> StoredModel:
-        """Store model bytes as an artifact of the task; returns its digest."""
+        """Store model bytes (or chunks of them, with their total length) as an artifact of the
+        task; returns its digest."""
         params: dict[str, Any] = {"final": "true" if final else "false"}
         if round is not None:
             params["round"] = round
+        # The length is stated for chunks too: the API refuses an oversized model before reading it.
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(content))}
         body = self._command("PUT", task_path(name, "model"), key=idempotency_key,
-                             content=content, params=params,
-                             headers={"Content-Type": "application/octet-stream"})
+                             content=content, params=params, headers=headers)
         return StoredModel.model_validate(body)
 
     def download_model(self: Endpoints, name: str, sha256: str | None = None,

@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from schema.dataplane import ModelMeta
-from streams.codec import ArrayBundle, bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
+from streams.codec import (
+    ArrayBundle,
+    EncodedBundle,
+    bundle_to_weights,
+    decode_bundle,
+    encode_bundle,
+    encode_pieces,
+    keras_weights_to_bundle,
+)
 
 Array = np.ndarray[Any, Any]
 STATE_PREFIX = "server."
@@ -36,15 +44,21 @@ def read_model_payload(data: bytes) -> tuple[ModelMeta, list[np.ndarray[Any, Any
 
 def checkpoint_payload(meta: ModelMeta, weights: Sequence[Array], state: ServerState | None) -> bytes:
     """A round's stored model: the model, plus the server optimiser's state if there is one."""
+    return checkpoint_pieces(meta, weights, state).join()
+
+
+def checkpoint_pieces(meta: ModelMeta, weights: Sequence[Array], state: ServerState | None) -> EncodedBundle:
+    """The bytes of `checkpoint_payload`, unjoined: to upload a piece at a time (views of the
+    arrays, which must not change until it is sent)."""
+    contiguous = [np.ascontiguousarray(w) for w in weights]
     if state is None:
-        return model_payload(meta, weights)
+        return encode_pieces(keras_weights_to_bundle(contiguous, meta.model_dump()))
     arrays, description = state
     if any(not name.startswith(STATE_PREFIX) for name in arrays):
         raise ValueError(f"server optimiser state arrays must be named {STATE_PREFIX}*")
-    contiguous = [np.ascontiguousarray(w) for w in weights]
     bundle = keras_weights_to_bundle(contiguous, {**meta.model_dump(), "server_optimiser": description})
     bundle.arrays.update(arrays)
-    return encode_bundle(bundle)
+    return encode_pieces(bundle)
 
 
 @dataclass

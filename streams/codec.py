@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,19 +85,54 @@ class _Entry:
 
 def encode_bundle(bundle: ArrayBundle) -> bytes:
     """The bytes of `bundle`: header, JSON manifest, then every array's raw little-endian bytes."""
+    # One join: the only full copy of the data the encoder makes.
+    return encode_pieces(bundle).join()
+
+
+class EncodedBundle:
+    """A bundle's bytes as the pieces they are made of (header, manifest, padding, each array's
+    memory), not joined: iterating yields them in order, at most PIECE_BYTES at a time.
+
+    Why: a model is written to a file or a socket a piece at a time without a joined copy of
+    its size. The array pieces are views, so the arrays must not change while it is in use.
+    Iterating again starts again from the first byte (an upload that is retried sends it anew).
+    """
+
+    def __init__(self, pieces: Sequence[bytes | memoryview]) -> None:
+        self.pieces = [memoryview(piece).cast("B") for piece in pieces]
+        self.size = sum(len(piece) for piece in self.pieces)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            for start in range(0, len(piece), PIECE_BYTES):
+                yield bytes(piece[start:start + PIECE_BYTES])
+
+    def join(self) -> bytes:
+        """All the bytes at once (one copy of the whole)."""
+        return b"".join(self.pieces)
+
+
+# The most bytes an EncodedBundle yields at a time: 1 MiB copies, small next to any model.
+PIECE_BYTES = 1 << 20
+
+
+def encode_pieces(bundle: ArrayBundle) -> EncodedBundle:
+    """The bytes `encode_bundle` makes, as unjoined pieces (views of the arrays' memory)."""
     arrays = [(name, _little_endian(name, array)) for name, array in bundle.arrays.items()]
     entries: list[dict[str, Any]] = []
-    parts: list[Any] = []
+    parts: list[bytes | memoryview] = []
     end = 0
     for name, array in arrays:
         offset = _align(end)
-        parts += [bytes(offset - end), array.reshape(-1).view(np.uint8)]
+        parts += [bytes(offset - end), array.reshape(-1).view(np.uint8).data]
         entries.append(_entry_json(name, array, offset))
         end = offset + array.nbytes
     manifest = _manifest_bytes(entries, bundle.meta)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(manifest))
-    # One join: the only full copy of the data the encoder makes.
-    return b"".join([header, manifest, *parts])
+    return EncodedBundle([header, manifest, *parts])
 
 
 def _little_endian(name: str, array: object) -> Array:

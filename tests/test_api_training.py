@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -17,6 +18,7 @@ from client import (
     ValidationFailed,
 )
 from client.keys import public_text
+from streams.codec import encode_pieces, keras_weights_to_bundle
 from tests.conftest import ApiProcess, unique
 from tests.training_support import member
 
@@ -89,6 +91,20 @@ def test_rounds_are_recorded_once_in_order_after_their_model(api: ApiProcess) ->
     assert [r.round for r in rounds] == [1]
     assert rounds[0].metrics == {"accuracy": 0.5, "loss": 1.2}
     assert rounds[0].samples == {who[0]: 10, who[1]: 30}
+
+
+def test_a_model_uploaded_in_pieces_is_stored_as_its_joined_bytes(api: ApiProcess) -> None:
+    """An upload from an EncodedBundle (sent a piece at a time, not joined) stores the same
+    bytes, under the same digest, as the joined payload; it downloads whole."""
+    alice, _members, name = started_task(api)
+    weights = [np.random.default_rng(5).standard_normal((700, 1000)).astype(np.float32), np.ones(3)]
+    pieces = encode_pieces(keras_weights_to_bundle(weights, {"round": 1}))
+    joined = pieces.join()
+
+    stored = alice.upload_model(name, pieces, round=1)
+
+    assert stored.sha256 == hashlib.sha256(joined).hexdigest() and stored.size == len(joined)
+    assert alice.download_model(name, stored.sha256) == (stored.sha256, joined)
 
 
 def test_complete_needs_every_round_and_the_final_model(api: ApiProcess) -> None:

@@ -23,6 +23,7 @@ from streams.codec import (
     bundle_to_weights,
     decode_bundle,
     encode_bundle,
+    encode_pieces,
     keras_weights_to_bundle,
 )
 from streams.errors import StreamsError
@@ -108,6 +109,21 @@ def test_encoding_is_deterministic_and_aligned() -> None:
     assert data == encode_bundle(all_kinds_bundle())
     assert (16 + manifest_len) % 64 == 0
     assert all(entry["offset"] % 64 == 0 for entry in json.loads(data[16:16 + manifest_len])["arrays"])
+
+
+def test_pieces_are_the_encoded_bytes_in_order_every_time_they_are_read() -> None:
+    """encode_pieces yields exactly encode_bundle's bytes, in pieces of at most PIECE_BYTES,
+    the same again when iterated a second time (a retried upload), with the right length."""
+    bundle = all_kinds_bundle()
+    bundle.arrays["big"] = np.random.default_rng(3).standard_normal(700_001).astype(np.float32)
+    expected = encode_bundle(bundle)
+
+    pieces = encode_pieces(bundle)
+    first, second = list(pieces), list(pieces)
+
+    assert b"".join(first) == b"".join(second) == pieces.join() == expected
+    assert len(pieces) == len(expected)
+    assert max(len(piece) for piece in first) == codec.PIECE_BYTES
 
 
 def test_views_from_bytes_outlive_the_callers_reference() -> None:
