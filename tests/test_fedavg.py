@@ -134,3 +134,18 @@ def test_blockwise_fold_and_mean_are_bit_identical_to_the_one_shot_formulas(
         expected = (total / sum(samples)).astype(dtype)
         assert array.dtype == expected.dtype and array.shape == expected.shape
         assert np.array_equal(array, expected)
+
+
+@pytest.mark.parametrize("position", [0, 999, 1000, 2500, 3000 * 7 - 1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_is_found_in_any_block(position: int, bad: float,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finiteness check goes a block at a time: a NaN or infinity at the first element, on
+    either side of a block boundary or at the last element of a partial block is still refused."""
+    monkeypatch.setattr("ml.strategies.fedavg.BLOCK", 1000)
+    good = [np.zeros((3000, 7), dtype=np.float32), np.ones(3, dtype=np.float32)]
+    bad_update = [good[0].copy(), good[1]]
+    bad_update[0].reshape(-1)[position] = bad
+
+    assert check_update(template_of(good), good) is None
+    assert check_update(template_of(good), bad_update) == "array 0 holds NaN or infinite values"
