@@ -153,9 +153,12 @@ _FINISHED_MEMORY = 4096
 # grow with the number of senders; while they come one at a time (or are small),
 # nothing is written to disk at all.
 MEMORY_BUDGET_BYTES = 64 * 1024 * 1024
-# Payloads larger than this always go to a temporary file (by default, those
-# that could never fit in the memory budget).
-SPOOL_OVER_BYTES = MEMORY_BUDGET_BYTES
+# Payloads larger than this always go to a temporary file. Why 8 MiB: a payload
+# reassembled in memory is copied once more into the bytes handed over, so for a
+# moment it is held twice; read back from the file it is held once (the file's
+# pages are the kernel's cache, not the process's memory). For a 40 MB model
+# that copy was 40 MB beside the aggregator's running sums.
+SPOOL_OVER_BYTES = 8 * 1024 * 1024
 
 
 class Reassembler:

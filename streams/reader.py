@@ -33,8 +33,11 @@ _READER_OVERRIDES: dict[str, Any] = {
     "max.partition.fetch.bytes": 8 * 1024 * 1024,
     "fetch.max.bytes": 64 * 1024 * 1024,
     # librdkafka's prefetch queue per reader: it bounds the memory of frames
-    # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
-    "queued.max.messages.kbytes": 64 * 1024,
+    # fetched ahead of poll() (one fetch may overshoot it). 8 MiB, not the
+    # 64 MiB default: while the aggregator folds one 40 MB update, 32 others
+    # are arriving, and the default let 64 MiB of their frames pile up beside
+    # the fold (measured: bench/round_bench.py, 10M parameters).
+    "queued.max.messages.kbytes": 8 * 1024,
     # fetch.wait.max.ms stays at librdkafka's 500 ms on purpose: at 20 ms,
     # no-op rounds of 1M params x 8 went from 1.2 to 0.5 s, but once in about
     # ten bench runs the aggregator's reader skipped one frame of an update
@@ -43,9 +46,10 @@ _READER_OVERRIDES: dict[str, Any] = {
     # producers are appending to seems to meet a race in tansu 0.6.
     "logger": _LOG,
 }
-# Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
-# values alive in Python at once.
-_CONSUME_BATCH = 16
+# Frames taken from librdkafka per consume() call: at most ~4 MiB of chunk
+# values alive in Python at once (they wait there while a payload completed
+# by an earlier frame is folded).
+_CONSUME_BATCH = 4
 # poll() hands over payloads until their sizes pass this, then keeps the
 # frames it fetched for the next call: small payloads come in batches, large
 # ones one at a time.
