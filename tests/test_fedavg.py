@@ -149,3 +149,23 @@ def test_a_non_finite_value_is_found_in_any_block(position: int, bad: float,
 
     assert check_update(template_of(good), good) is None
     assert check_update(template_of(good), bad_update) == "array 0 holds NaN or infinite values"
+
+
+def test_the_result_is_taken_once_then_given_again_and_folding_is_over() -> None:
+    """result() turns the sums into the mean in their own memory: asking again gives equal
+    arrays (the same values, shapes and dtypes), and a later add is refused, not folded into
+    memory that now holds the mean."""
+    rng = np.random.default_rng(11)
+    first, second = _update(rng), _update(rng)
+    fold = RunningAverage(template_of(first))
+    fold.add(first, 1)
+    fold.add(second, 3)
+
+    once, again = fold.result(), fold.result()
+
+    for got, repeat, a, b in zip(once, again, first, second):
+        expected = ((np.float64(a) * 1 + np.float64(b) * 3) / 4).astype(np.float32)
+        assert np.array_equal(got, expected) and np.array_equal(repeat, expected)
+        assert got.shape == a.shape and got.dtype == np.float32
+    with pytest.raises(ValueError, match="fold has ended"):
+        fold.add(first, 1)

@@ -63,11 +63,14 @@ class RunningAverage:
         self._sums = [np.zeros(spec.shape, dtype=np.float64) for spec in template]
         self.count = 0
         self.total_samples = 0
+        self._result: list[np.ndarray] | None = None
 
     def add(self, weights: Sequence[np.ndarray], samples: int) -> None:
         """Fold one participant's weights, trained on `samples` samples, into the sums."""
         if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
             raise UpdateRejected(f"sample count must be a positive integer, got {samples!r}")
+        if self._result is not None:
+            raise ValueError("the fold has ended: its sums became the result")
         reason = check_update(self.template, weights)
         if reason is not None:
             raise UpdateRejected(reason)
@@ -77,10 +80,19 @@ class RunningAverage:
         self.total_samples += int(samples)
 
     def result(self) -> list[np.ndarray]:
-        """The weighted average, in each array's original dtype (float32 for Keras models)."""
+        """The weighted average, in each array's original dtype (float32 for Keras models).
+
+        Folding ends here: each float64 sum is turned into its mean in its own memory, which
+        then shrinks to the mean's size (`mean_in_place`), so the result never sits beside the
+        sums. Asking again gives the same arrays; adding afterwards is refused.
+        """
         if self.count == 0:
             raise ValueError("no update has been added: nothing to average")
-        return [mean_of(total, self.total_samples, spec.dtype) for total, spec in zip(self._sums, self.template)]
+        if self._result is None:
+            sums, self._sums = self._sums, []
+            self._result = [mean_in_place(sums.pop(0), self.total_samples, spec.dtype)
+                            for spec in self.template]
+        return list(self._result)
 
 
 # Elements per step of the blockwise fold and check: 64 Ki float64 (512 KiB) of
@@ -111,6 +123,33 @@ def mean_of(total: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
     result = np.empty(total.shape, dtype=dtype)
     np.divide(total, count, out=result, casting="same_kind")
     return result
+
+
+def mean_in_place(total: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
+    """`mean_of(total, count, dtype)`, bit for bit, written over `total`'s memory, which is then
+    shrunk to the result's size; `total` must not be used afterwards.
+
+    Why: the float64 sums are twice the model; a separate result would make it three times at
+    the end of every round. A block is copied out to scratch, divided in float64 and cast into
+    the front of the same memory: element i lands at byte i × itemsize ≤ 8i, which is never past
+    an element still to be read. The shrink is a realloc (for a large array, the kernel gives
+    the tail back). Sums that are not a plain owned float64 array get `mean_of`.
+    """
+    dtype = np.dtype(dtype)
+    if total.dtype != np.float64 or dtype.itemsize > 8 or not (total.flags.owndata and total.flags.c_contiguous):
+        return mean_of(total, count, dtype)
+    size, shape = total.size, total.shape
+    flat = total.reshape(-1)
+    out = flat.view(np.uint8)[:size * dtype.itemsize].view(dtype)
+    scratch = np.empty(min(BLOCK, size), dtype=np.float64)
+    for start in range(0, size, BLOCK):
+        step = scratch[:min(BLOCK, size - start)]
+        step[...] = flat[start:start + step.size]
+        np.divide(step, count, out=step)
+        out[start:start + step.size] = step
+    del flat, out  # no view may outlive the realloc below
+    total.resize(-(-size * dtype.itemsize // 8), refcheck=False)
+    return total.view(np.uint8)[:size * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def weighted_metrics(reports: Sequence[tuple[dict[str, float], int]]) -> dict[str, float]:
