@@ -33,11 +33,13 @@ _READER_OVERRIDES: dict[str, Any] = {
     "max.partition.fetch.bytes": 8 * 1024 * 1024,
     "fetch.max.bytes": 64 * 1024 * 1024,
     # librdkafka's prefetch queue per reader: it bounds the memory of frames
-    # fetched ahead of poll() (one fetch may overshoot it). 8 MiB, not the
-    # 64 MiB default: while the aggregator folds one 40 MB update, 32 others
-    # are arriving, and the default let 64 MiB of their frames pile up beside
-    # the fold (measured: bench/round_bench.py, 10M parameters).
-    "queued.max.messages.kbytes": 8 * 1024,
+    # fetched ahead of poll() (one fetch may overshoot it). 16 MiB, not the
+    # 64 MiB default: while the aggregator folds one 40 MB update, others are
+    # arriving, and the default let 64 MiB of their frames pile up beside the
+    # fold. Not 8 MiB: one fetch (max.partition.fetch.bytes) then fills the
+    # queue and the next waits for it to drain, and rounds of 10M parameters
+    # x 8 took 8.5 s instead of 5.4 (bench/round_bench.py).
+    "queued.max.messages.kbytes": 16 * 1024,
     # fetch.wait.max.ms stays at librdkafka's 500 ms on purpose: at 20 ms,
     # no-op rounds of 1M params x 8 went from 1.2 to 0.5 s, but once in about
     # ten bench runs the aggregator's reader skipped one frame of an update
