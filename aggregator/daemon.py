@@ -49,11 +49,6 @@ from streams.reader import PayloadReader
 from streams.signing import Signer, Verifier
 from streams.writer import ResilientWriter
 
-# The updates reader's prefetch: while one 40 MB update is folded beside the running sums,
-# the others' frames waiting in librdkafka are kept to 16 MiB (its default, 64 MiB, was as
-# much as 1.7 models more). Only the aggregator's reader: participants read one broadcast.
-UPDATES_PREFETCH_BYTES = 16 * 1024 * 1024
-
 __all__ = ["AggregationFailed", "Aggregator", "AggregatorOptions", "QuorumNotReached", "RoundResult"]
 
 
@@ -123,8 +118,7 @@ class Aggregator:
         self.progress(f"task {task.name}: training with {', '.join(participants)}"
                       + (f"; resuming after round {done}" if resumed else ""))
         verifier = Verifier(self.client.task_member_keys(self.name))
-        with PayloadReader(self.broker, [str(task.topics.updates)], verifier=verifier,
-                           prefetch_bytes=UPDATES_PREFETCH_BYTES) as updates:
+        with PayloadReader(self.broker, [str(task.topics.updates)], verifier=verifier) as updates:
             gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)

@@ -32,6 +32,9 @@ _READER_OVERRIDES: dict[str, Any] = {
     # payload streams in without one round trip per frame.
     "max.partition.fetch.bytes": 8 * 1024 * 1024,
     "fetch.max.bytes": 64 * 1024 * 1024,
+    # librdkafka's prefetch queue per reader: it bounds the memory of frames
+    # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
+    "queued.max.messages.kbytes": 64 * 1024,
     # fetch.wait.max.ms stays at librdkafka's 500 ms on purpose: at 20 ms,
     # no-op rounds of 1M params x 8 went from 1.2 to 0.5 s, but once in about
     # ten bench runs the aggregator's reader skipped one frame of an update
@@ -40,16 +43,9 @@ _READER_OVERRIDES: dict[str, Any] = {
     # producers are appending to seems to meet a race in tansu 0.6.
     "logger": _LOG,
 }
-# librdkafka's prefetch queue per reader (queued.max.messages.kbytes): it bounds
-# the memory of frames fetched ahead of poll() (one fetch may overshoot it).
-# 64 MiB is librdkafka's default, stated here on purpose; a reader that must
-# stay small (the aggregator's, folding one 40 MB update while others arrive)
-# asks for less.
-DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
-# Frames taken from librdkafka per consume() call: a quarter of the prefetch
-# (16 frames, ~16 MiB, by default), alive in Python while a payload completed
-# by an earlier frame is handled.
-_MAX_FRAME_BYTES = 1024 * 1024
+# Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
+# values alive in Python at once.
+_CONSUME_BATCH = 16
 # poll() hands over payloads until their sizes pass this, then keeps the
 # frames it fetched for the next call: small payloads come in batches, large
 # ones one at a time.
@@ -95,8 +91,7 @@ class PayloadReader:
 
     def __init__(self, broker: Broker | str, topics: list[str], *, from_beginning: bool = True,
                  reassembler: Reassembler | None = None, timeout_s: float = 10.0,
-                 verifier: Callable[[Envelope], str | None] | None = None,
-                 prefetch_bytes: int = DEFAULT_PREFETCH_BYTES) -> None:
+                 verifier: Callable[[Envelope], str | None] | None = None) -> None:
         self.broker = as_broker(broker)
         self.bootstrap = self.broker.bootstrap
         self.reassembler = reassembler if reassembler is not None else Reassembler(verifier=verifier)
@@ -106,9 +101,7 @@ class PayloadReader:
         # Frames taken from librdkafka but not yet handled: poll() stops after
         # a large payload completes, so only one is in memory at a time.
         self._backlog: deque[Message] = deque()
-        self._settings = {**_READER_OVERRIDES, "queued.max.messages.kbytes": max(1, prefetch_bytes // 1024)}
-        self._batch = max(1, min(16, prefetch_bytes // (4 * _MAX_FRAME_BYTES)))
-        self._consumer = Consumer(consumer_config(self.broker, **self._settings))
+        self._consumer = Consumer(consumer_config(self.broker, **_READER_OVERRIDES))
         self._closed = False
         # When the last frame came (monotonic): a reader that is receiving frames reads a live
         # topic, so callers ask the broker whether it lost the topic only once frames stop.
@@ -201,7 +194,7 @@ class PayloadReader:
         # keeps metadata of the lost topics and would not fetch from the new ones.
         TopicAdmin(self.broker).create(self._topics)
         self._consumer.close()
-        self._consumer = Consumer(consumer_config(self.broker, **self._settings))
+        self._consumer = Consumer(consumer_config(self.broker, **_READER_OVERRIDES))
         # As at start-up: metadata first (list_topics), then assign from the beginning.
         self._assigned = self._partitions(self._topics, True, 10.0)
         self._consumer.assign(self._assigned)
@@ -246,7 +239,7 @@ class PayloadReader:
         if not first:
             return first
         self.last_frame_at = time.monotonic()
-        return first + self._consumer.consume(self._batch - 1, 0)
+        return first + self._consumer.consume(_CONSUME_BATCH - 1, 0)
 
     def _handle(self, message: Message) -> list[Delivery]:
         error = message.error()
