@@ -4,7 +4,7 @@ Starts its own broker (unless --bootstrap is given) and API process on a fresh
 database of the local PostgreSQL, and prints, for each command, throughput and
 p50/p99 latency, next to the raw single-row INSERT rate of the same database.
 
-    .venv/bin/python bench/api_bench.py [--clients 32] [--ops 20] [--client-procs K] [--json FILE]
+    .venv/bin/python bench/api_bench.py [--clients 32] [--ops 20] [--client-procs K] [--workers N] [--json FILE]
 
 With --client-procs K the clients are spread over K worker processes (each runs its
 share as threads; latencies are merged, the wall time runs from the first start to the
@@ -191,6 +191,8 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=20, help="operations per client (default 20)")
     parser.add_argument("--client-procs", type=int, default=1, metavar="K",
                         help="spread the clients over K processes (default 1: threads of this one)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes of the API (default 1)")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL URL allowed to create a scratch database")
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
@@ -205,10 +207,13 @@ def main() -> int:
     bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
     api = None
     try:
-        api = start_api(database_url, bootstrap, logs, MUSKETEER_TOPIC_PREFIX=f"bench{run}",
-                        MUSKETEER_DB_POOL_SIZE=str(args.clients))
+        # Each worker gets its share of the connections, so the total stays one per client.
+        pool_size = max(1, -(-args.clients // args.workers))
+        api = start_api(database_url, bootstrap, logs, workers=args.workers,
+                        MUSKETEER_TOPIC_PREFIX=f"bench{run}", MUSKETEER_DB_POOL_SIZE=str(pool_size))
         print(f"API {api.url}, broker {bootstrap}, database {name}; "
-              f"{args.clients} clients x {args.ops} ops in {args.client_procs} client process(es)",
+              f"{args.clients} clients x {args.ops} ops in {args.client_procs} client process(es), "
+              f"{args.workers} API worker(s)",
               flush=True)
         rows = bench_api(api.url, args.clients, args.ops, run, args.client_procs)
         rows += bench_raw_insert(database_url, args.clients, args.ops)
