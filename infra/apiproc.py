@@ -84,7 +84,7 @@ class ApiProcess:
     workers: int = 1
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs."""
+        """SIGKILL: no shutdown hook runs (with several workers, only the supervisor is killed)."""
         self.popen.kill()
         self.popen.wait(10)
 
