@@ -37,14 +37,21 @@ PROJECTION_TABLES: tuple[str, ...] = ("users", "tasks", "memberships", "rounds",
                                      "contributions")
 
 
+# The event's position, read from the log rather than taken from the record: an append
+# sends the projections before its position is known (api/store/postgres.py), and the
+# event's row, inserted earlier in the same transaction, already holds it.
+_POSITION = "(SELECT position FROM events WHERE stream_id = %s AND version = %s)"
+
+
 def _task_id(record: RecordedEvent) -> str:
     return record.stream_id.removeprefix("task-")
 
 
 def _user_registered(conn: Conn, event: UserRegistered, record: RecordedEvent) -> None:
     conn.execute(
-        "INSERT INTO users (username, organization, created_at, position) VALUES (%s, %s, %s, %s)",
-        (event.username, event.organization, record.recorded_at, record.position),
+        "INSERT INTO users (username, organization, created_at, position)"
+        f" VALUES (%s, %s, %s, {_POSITION})",
+        (event.username, event.organization, record.recorded_at, record.stream_id, record.version),
     )
 
 
@@ -73,12 +80,12 @@ def _task_created(conn: Conn, event: TaskCreated, record: RecordedEvent) -> None
         "INSERT INTO tasks (task_id, name, creator, status, definition, topology, pom,"
         " description, quorum, max_participants, broadcast_topic, updates_topic,"
         " participant_count, version, created_position, created_at, updated_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)",
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, %s, {_POSITION}, %s, %s)",
         (event.task_id, event.name, event.creator, TaskStatus.CREATED.value,
          Jsonb(event.definition), event.topology, event.pom, event.description,
          event.definition["quorum"], event.definition.get("max_participants"),
-         event.broadcast_topic, event.updates_topic, record.version, record.position,
-         record.recorded_at, record.recorded_at),
+         event.broadcast_topic, event.updates_topic, record.version, record.stream_id,
+         record.version, record.recorded_at, record.recorded_at),
     )
 
 

@@ -30,10 +30,16 @@ DEFAULT_APP = "api.app:create_app"
 
 
 def spawn_api(port: int, env: dict[str, str], log_path: Path, detach: bool = False,
-              app: str = DEFAULT_APP) -> subprocess.Popen[bytes]:
-    """Start uvicorn serving the app factory `app` on 127.0.0.1:`port`."""
+              app: str = DEFAULT_APP, workers: int = 1) -> subprocess.Popen[bytes]:
+    """Start uvicorn serving the app factory `app` on 127.0.0.1:`port` with `workers` processes."""
+    if workers < 1:
+        raise PlatformError(f"the API needs at least one worker process, not {workers}")
     command = [sys.executable, "-m", "uvicorn", app, "--factory",
                "--host", HOST, "--port", str(port), "--log-level", "warning"]
+    if workers > 1:
+        # Why several processes can serve one database: every append takes the table lock in
+        # PostgreSQL, not in Python, and the relays elect one leader by advisory lock.
+        command += ["--workers", str(workers)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         # Detached: its own session, so it outlives the command that started it
@@ -75,9 +81,10 @@ class ApiProcess:
     env: dict[str, str]
     log_path: Path
     popen: subprocess.Popen[bytes]
+    workers: int = 1
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs."""
+        """SIGKILL: no shutdown hook runs (with several workers, only the supervisor is killed)."""
         self.popen.kill()
         self.popen.wait(10)
 
@@ -92,17 +99,17 @@ class ApiProcess:
 
     def restart(self) -> None:
         """Start again on the same port with the same environment."""
-        self.popen = spawn_api(self.port, self.env, self.log_path)
+        self.popen = spawn_api(self.port, self.env, self.log_path, workers=self.workers)
         wait_healthy(self.popen, self.url, self.log_path)
 
 
 def start_api(database_url: str, bootstrap: str, log_dir: Path, port: int | None = None,
-              **extra_env: str) -> ApiProcess:
-    """Start an API process on a free port (or `port`) and wait until it is healthy."""
+              workers: int = 1, **extra_env: str) -> ApiProcess:
+    """Start an API process (`workers` uvicorn workers) on a free port (or `port`); wait until healthy."""
     port = port or find_free_port(HOST)
     env = api_environment(database_url, bootstrap, **extra_env)
     log_path = log_dir / f"api-{port}.log"
-    popen = spawn_api(port, env, log_path)
+    popen = spawn_api(port, env, log_path, workers=workers)
     url = f"http://{HOST}:{port}"
     wait_healthy(popen, url, log_path)
-    return ApiProcess(url, port, env, log_path, popen)
+    return ApiProcess(url, port, env, log_path, popen, workers)

@@ -17,6 +17,7 @@ import pytest
 from api.domain import fold
 from api.errors import IdempotencyKeyReused, VersionConflict
 from api.store import ANY, NO_STREAM, EventStore, NewEvent
+from api.store.contract import GENESIS_HASH, canonical, chain_hash
 from api.store.memory import MemoryEventStore
 from schema.events import ParticipantJoined, TaskCreated, UserRegistered
 from tests.conftest import unique
@@ -246,3 +247,42 @@ class TestPostgresEventStore(EventStoreContract):
     def drift(self, store: Any, username: str, organization: str) -> None:
         self._db.execute("UPDATE users SET organization = %s WHERE username = %s", (organization, username))
 
+
+    def test_the_database_chains_exactly_as_python_does(self, store: Any, db: psycopg.Connection[Any]) -> None:
+        """An exact-version append is chained in SQL (musketeer_append): every hash equals the
+        Python reference sha256(prev || canonical(...)) of the record's own values, unicode,
+        floats and nesting included, and the records get their positions once committed."""
+        stream = unique("task")
+        definition = {"quorum": 2, "rounds": 3, "learning_rate": 0.1,
+                      "note": "Zürich 漢字 \"quoted\" \\ back", "nested": {"b": [1.5, None], "a": True}}
+        event = TaskCreated(task_id=stream, name=unique("naïve-task"), creator="jörg",
+                            definition=definition, description="ünïcode ✓",
+                            broadcast_topic="b", updates_topic="u")
+        before = store.read_all(0, 1_000_000)
+        prev = bytes.fromhex(before[-1].hash) if before else GENESIS_HASH
+
+        records = store.append(stream, NO_STREAM, [NewEvent(event, actor="jörg"), joined("ådam")])
+
+        for record in records:
+            body = canonical(record.position, record.stream_id, record.version, record.type,
+                             record.data, record.metadata, record.recorded_at)
+            assert record.hash == chain_hash(prev, body).hex()
+            prev = bytes.fromhex(record.hash)
+        stored = {r.position: r.hash for r in store.read_all(0, 1_000_000)}
+        assert [stored[r.position] for r in records] == [r.hash for r in records]
+        assert [r.version for r in records] == [1, 2] and records[1].position == records[0].position + 1
+        row = db.execute("SELECT created_position FROM tasks WHERE task_id = %s", (stream,)).fetchone()
+        assert row is not None and row[0] == records[0].position
+        assert store.verify().ok
+
+    def test_a_stale_version_is_refused_in_the_database_with_its_details(self, store: Any) -> None:
+        """The version check done in SQL reaches the caller as VersionConflict, with the stream,
+        its version and the one expected, and stores nothing."""
+        stream = unique("stale")
+        store.append(stream, NO_STREAM, [joined("a")])
+
+        with pytest.raises(VersionConflict) as refused, store.session(exclusive=True) as session:
+            session.append(stream, 5, [joined("b")])
+
+        assert refused.value.details == {"stream_id": stream, "current": 1, "expected": 5}
+        assert [e.data["username"] for e in store.read_stream(stream)] == ["a"]

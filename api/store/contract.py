@@ -48,16 +48,31 @@ def canonical(
     recorded_at: datetime,
 ) -> bytes:
     """The bytes an event's hash covers: sorted-key compact JSON of every column."""
-    document = {
-        "position": position,
-        "stream_id": stream_id,
-        "version": version,
-        "type": type_name,
-        "data": data,
-        "metadata": metadata,
-        "recorded_at": recorded_at.astimezone(UTC).isoformat(timespec="microseconds"),
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    head, middle = canonical_parts(stream_id, type_name, data, metadata, recorded_at)
+    return f"{head}{position}{middle}{version}}}".encode()
+
+
+def canonical_parts(
+    stream_id: str, type_name: str, data: dict[str, Any], metadata: dict[str, Any],
+    recorded_at: datetime,
+) -> tuple[str, str]:
+    """canonical() without the position and version: the text before the position, and the
+    text between it and the version (the closing brace follows the version).
+
+    Why split: the PostgreSQL append (schema/migrations/0008_append_function.sql) learns the
+    position and version only under the append lock and splices them in there. The keys,
+    sorted, are data, metadata, position, recorded_at, stream_id, type, version, so this is
+    exactly the sorted-key compact JSON of the whole document.
+    """
+    head = f'{{"data":{_compact(data)},"metadata":{_compact(metadata)},"position":'
+    when = recorded_at.astimezone(UTC).isoformat(timespec="microseconds")
+    middle = (f',"recorded_at":{_compact(when)},"stream_id":{_compact(stream_id)},'
+              f'"type":{_compact(type_name)},"version":')
+    return head, middle
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def chain_hash(prev_hash: bytes, body: bytes) -> bytes:
@@ -74,6 +89,14 @@ def _normalised(value: dict[str, Any]) -> dict[str, Any]:
 
 def seal(new: NewEvent, stream_id: str, version: int, position: int, prev_hash: bytes) -> RecordedEvent:
     """The event as it will be stored: its metadata, its time and its chain hash."""
+    record = unsealed(new, stream_id, version)
+    digest = chain_hash(prev_hash, canonical(position, stream_id, version, record.type, record.data,
+                                             record.metadata, record.recorded_at))
+    return record.model_copy(update={"position": position, "hash": digest.hex()})
+
+
+def unsealed(new: NewEvent, stream_id: str, version: int) -> RecordedEvent:
+    """The event as it will be stored, but for its position and hash (0 and "" until known)."""
     data = _normalised(new.event.to_data())
     metadata = {
         "actor": new.actor,
@@ -81,12 +104,9 @@ def seal(new: NewEvent, stream_id: str, version: int, position: int, prev_hash: 
         "event_id": str(uuid.uuid4()),
         "schema_version": new.event.schema_version,
     }
-    recorded_at = datetime.now(UTC)
-    type_name = new.event.type_name()
-    digest = chain_hash(prev_hash, canonical(position, stream_id, version, type_name, data, metadata,
-                                             recorded_at))
-    return RecordedEvent(position=position, stream_id=stream_id, version=version, type=type_name,
-                         data=data, metadata=metadata, recorded_at=recorded_at, hash=digest.hex())
+    return RecordedEvent(position=0, stream_id=stream_id, version=version,
+                         type=new.event.type_name(), data=data, metadata=metadata,
+                         recorded_at=datetime.now(UTC), hash="")
 
 
 def check_expected_version(stream_id: str, current: int, expected: int) -> None:

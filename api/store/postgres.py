@@ -19,6 +19,7 @@ session did before.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -31,15 +32,18 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from api.errors import InvalidInput, Unavailable, VersionConflict, WriteRace
 from api.replay import replay_in
 from api.store.contract import (
+    ANY,
     GENESIS_HASH,
     ChainReport,
     EventStore,
     NewEvent,
     RebuildReport,
     Session,
+    canonical_parts,
     check_expected_version,
     key_reused,
     seal,
+    unsealed,
 )
 from api.store.sql import read_all_from, read_stream, verify_chain
 from schema.events import RecordedEvent
@@ -51,6 +55,10 @@ _HEAD = (
     " last.position, last.hash FROM (SELECT 1) AS one LEFT JOIN LATERAL"
     " (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"
 )
+
+_APPEND = "SELECT out_position, out_hash FROM musketeer_append(%s, %s, %s, %s, %s, %s, %s, %s)"
+# The SQLSTATE musketeer_append raises when the stream is not at the expected version.
+_VERSION_CONFLICT = "MU409"
 
 Projector = Callable[[psycopg.Connection[Any], RecordedEvent], None]
 
@@ -65,6 +73,8 @@ class PostgresSession(Session):
         self._pipeline = pipeline
         self.appended: list[RecordedEvent] = []
         self.locked = False
+        # Appends sent to musketeer_append whose positions and hashes arrive with the COMMIT.
+        self._pending: list[tuple[psycopg.Cursor[Any], list[RecordedEvent]]] = []
 
     def lock(self) -> None:
         """Take the append lock (once) and keep it until the transaction ends.
@@ -92,9 +102,40 @@ class PostgresSession(Session):
 
     def append(self, stream_id: str, expected_version: int,
                events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        # Round trips under the lock are what every other writer waits for: the lock and
-        # the head travel together; the inserts, projections and NOTIFY wait in the
-        # session's pipeline and go with the COMMIT.
+        if expected_version == ANY or self._pipeline is None:
+            return self._append_reading_head(stream_id, expected_version, events)
+        # Round trips under the lock are what every other writer waits for, so none is
+        # awaited here: musketeer_append (schema/migrations/0008_append_function.sql) takes
+        # the lock, reads the head, chains and inserts in the server, and its answer comes
+        # back with the COMMIT. Until then the records carry position 0 and no hash (the
+        # projections find the position in SQL; `settle` fills both in after the commit).
+        self.lock()
+        recorded = [unsealed(new, stream_id, expected_version + offset)
+                    for offset, new in enumerate(events, start=1)]
+        parts = [canonical_parts(r.stream_id, r.type, r.data, r.metadata, r.recorded_at)
+                 for r in recorded]
+        cursor = self.conn.cursor()
+        cursor.execute(_APPEND, (
+            stream_id, expected_version, [r.type for r in recorded],
+            [Jsonb(r.data) for r in recorded], [Jsonb(r.metadata) for r in recorded],
+            [r.recorded_at for r in recorded], [head for head, _ in parts],
+            [middle for _, middle in parts]))
+        self._pending.append((cursor, recorded))
+        return self._project(recorded)
+
+    def settle(self) -> None:
+        """After the commit: give the records appended here their positions and hashes."""
+        for cursor, recorded in self._pending:
+            rows = cursor.fetchall()
+            for record, row in zip(recorded, rows, strict=True):
+                record.position = int(row["out_position"])
+                record.hash = bytes(row["out_hash"]).hex()
+        self._pending.clear()
+
+    def _append_reading_head(self, stream_id: str, expected_version: int,
+                             events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        # An append at ANY version (its versions are known only under the lock) or outside
+        # a pipelined session: read the head, chain in Python, insert.
         self.lock()
         head = self.conn.execute(_HEAD, (stream_id,)).fetchone()
         assert head is not None  # the query always returns one row
@@ -108,7 +149,11 @@ class PostgresSession(Session):
             self._insert(record, prev_hash)
             prev_hash = bytes.fromhex(record.hash)
             recorded.append(record)
-            if self._projector is not None:
+        return self._project(recorded)
+
+    def _project(self, recorded: list[RecordedEvent]) -> list[RecordedEvent]:
+        if self._projector is not None:
+            for record in recorded:
                 self._projector(self.conn, record)
         self.conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         self.appended.extend(recorded)
@@ -200,11 +245,12 @@ def _committed(conn: psycopg.Connection[dict[str, Any]], projector: Projector | 
                 if exclusive:
                     session.lock()
                 yield session
+        session.settle()
     except BaseException as exc:
         # A write that failed in the pipeline leaves the transaction aborted, not closed.
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.rollback()
-        cause = write_error(exc)
+        cause = _version_conflict(write_error(exc))
         if cause is not exc:
             raise cause from None
         raise
@@ -222,6 +268,14 @@ def write_error(exc: BaseException) -> BaseException:
     if (isinstance(exc, psycopg.errors.PipelineAborted) and isinstance(cause, psycopg.Error)
             and not isinstance(cause, psycopg.errors.PipelineAborted)):
         return cause
+    return exc
+
+
+def _version_conflict(exc: BaseException) -> BaseException:
+    """musketeer_append's refusal of a stream not at the expected version, as VersionConflict."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == _VERSION_CONFLICT:
+        details = json.loads(exc.diag.message_detail or "{}")
+        return VersionConflict(exc.diag.message_primary or "version conflict", details)
     return exc
 
 
