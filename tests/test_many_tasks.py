@@ -6,10 +6,12 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from schema import dataplane
@@ -43,6 +45,36 @@ def last_weights(bootstrap: str, topic: str, kind: str, round_no: int) -> Weight
     return found
 
 
+class MemoryWatch:
+    """Samples processes' RSS twice a second, to print a table (memory is shown, never asserted:
+    a threshold would depend on the machine and TensorFlow's version)."""
+
+    def __init__(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        self.samples: dict[str, list[int]] = {name: [] for name in processes}
+        self.processes = processes
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(0.5):
+            for name, process in self.processes.items():
+                try:
+                    self.samples[name].append(psutil.Process(process.pid).memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass
+
+    def table(self) -> str:
+        """First, peak and last RSS of each process, in MiB."""
+        self.stopped.set()
+        self.thread.join()
+        rows = [f"{'process':<12} {'first':>8} {'peak':>8} {'last':>8}  (RSS MiB, {TASKS} tasks)"]
+        for name, rss in self.samples.items():
+            if rss:
+                rows.append(f"{name:<12} {rss[0] / 2**20:8.0f} {max(rss) / 2**20:8.0f} {rss[-1] / 2**20:8.0f}")
+        return "\n".join(rows)
+
+
 def test_one_participant_daemon_serves_ten_tasks_at_once(api: ApiProcess, broker: Any, topic_prefix: str,
                                                          tmp_path: Path) -> None:
     """One `musketeer participate` daemon follows ten tasks that run at the same time, each with
@@ -65,12 +97,14 @@ def test_one_participant_daemon_serves_ten_tasks_at_once(api: ApiProcess, broker
                 [sys.executable, "-m", "tests.aggregate_many", *names], cwd=ROOT,
                 env=daemon_env(api, alice, broker.bootstrap, topic_prefix), stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        memory = MemoryWatch({"daemon": daemon, "aggregators": aggregators})
         wait_all({"aggregators": aggregators}, logs, timeout_s=400)
         # The aggregators are done once they broadcast the final models; the daemon saves each
         # (report.json last) a moment later.
         reports = [models / name / "report.json" for name in names]
         assert eventually(lambda: all(r.exists() for r in reports), 60), "reports missing:\n" + dump(logs)
         assert daemon.poll() is None, "the long-running daemon exited:\n" + dump(logs)
+        print("\n" + memory.table())  # shown with -s; the daemon's last sample is after all ten ended
     finally:
         daemon.send_signal(signal.SIGINT)
         daemon.wait(30)
