@@ -60,9 +60,11 @@ class MemoryWatch:
         while not self.stopped.wait(0.5):
             for name, process in self.processes.items():
                 try:
-                    self.samples[name].append(psutil.Process(process.pid).memory_info().rss)
+                    rss = psutil.Process(process.pid).memory_info().rss
                 except psutil.NoSuchProcess:
-                    pass
+                    continue
+                if rss:  # 0: it exited, and is not reaped yet
+                    self.samples[name].append(rss)
 
     def table(self) -> str:
         """First, peak and last RSS of each process, in MiB."""
