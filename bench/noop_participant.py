@@ -4,7 +4,10 @@ with the global weights unchanged (plain), or speaks secure aggregation with a z
 believes only the creator's broadcasts, as the real daemon does. No TensorFlow is loaded.
 
     python bench/noop_participant.py TASK --api URL --bootstrap HOST:PORT --keys-dir DIR \\
-        [--samples 100] [--stats FILE] [--send-lock FILE]   # the token comes from MUSKETEER_TOKEN
+        [--samples 100] [--scale 1] [--stats FILE] [--send-lock FILE]   # token: MUSKETEER_TOKEN
+
+--scale S sends the weights times S instead (plain tasks only): with S a power of two (or 0) the
+update is exact in float32, so a test can know the sample-weighted mean to the bit.
 
 --send-lock makes the processes that name the same file send one at a time (flock), a diagnostic
 to tell reassembling interleaved updates apart from the rest of a round.
@@ -23,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,14 +35,17 @@ import numpy as np
 from client import MusketeerClient
 from client.keys import KeyRing
 from client.keys_api import ensure_registered
-from participant.secure import SecureInputs
-from participant.trained import Trained
 from schema import dataplane, privacy
 from schema.dataplane import UpdateMeta
 from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
 from streams.reader import PayloadReader, Received
 from streams.signing import Signer, Verifier
 from streams.writer import PayloadWriter
+
+if TYPE_CHECKING:
+    # Loaded only for a secure task: its DP accountant pulls in SciPy, about 1.2 s of a ~2 s
+    # start-up, which 32 processes on two cores would pay for nothing on a plain task.
+    from participant.secure import SecureInputs
 
 
 def main() -> int:
@@ -49,6 +55,7 @@ def main() -> int:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--keys-dir", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--scale", type=float, default=1.0, help="send the weights times this (plain tasks)")
     parser.add_argument("--stats", type=Path)
     parser.add_argument("--send-lock", type=Path, help="send while holding flock on this file")
     args = parser.parse_args()
@@ -74,8 +81,7 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
             return writer.send(str(task.topics.updates), task_id=task.task_id, round=round_no, kind=kind,
                                sender=ring.username, payload=payload)
 
-    secure = (SecureInputs(task.task_id, ring.username, task.definition, task.pom, len(task.participants),
-                           send, lambda text: print(text, flush=True)) if privacy.secure(task.pom) else None)
+    secure = secure_inputs(task, ring, send) if privacy.secure(task.pom) else None
     creator = [k for k in client.task_member_keys(task.name) if k.username == task.creator]
     rounds: list[int] = []
     # When each round's weights were complete here, and when the update was acknowledged (epoch s).
@@ -95,10 +101,18 @@ def follow(client: MusketeerClient, task: Any, ring: KeyRing, args: argparse.Nam
                 if payload.kind == dataplane.WEIGHTS and payload.round not in rounds:
                     rounds.append(payload.round)
                     received = time.time()
-                    answer(secure, send, payload.round, bundle_to_weights(bundle), args.samples)
+                    answer(secure, send, payload.round, bundle_to_weights(bundle), args.samples, args.scale)
                     timeline.append({"round": payload.round, "received": received, "sent": time.time()})
                 elif payload.kind in dataplane.SECURE_BROADCASTS and secure is not None:
                     secure.on_broadcast(payload.kind, payload.round, bundle)
+
+
+def secure_inputs(task: Any, ring: KeyRing, send: Any) -> SecureInputs:
+    """This participant's side of secure aggregation (imported here: see TYPE_CHECKING above)."""
+    from participant.secure import SecureInputs
+
+    return SecureInputs(task.task_id, ring.username, task.definition, task.pom, len(task.participants),
+                        send, lambda text: print(text, flush=True))
 
 
 @contextlib.contextmanager
@@ -115,12 +129,16 @@ def held(lock: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def answer(secure: SecureInputs | None, send: Any, round_no: int, weights: list[np.ndarray], samples: int) -> None:
-    """The global weights back, unchanged (plain), or a zero change in the secure sum."""
+def answer(secure: SecureInputs | None, send: Any, round_no: int, weights: list[np.ndarray], samples: int,
+           scale: float = 1.0) -> None:
+    """The global weights back, unchanged or times `scale` (plain), or a zero change in the secure sum."""
     if secure is None:
         meta = UpdateMeta(samples=samples, test_samples=0, metrics={})
-        send(dataplane.UPDATE, round_no, encode_bundle(keras_weights_to_bundle(weights, meta.model_dump())))
+        sent = weights if scale == 1.0 else [(w * scale).astype(w.dtype) for w in weights]
+        send(dataplane.UPDATE, round_no, encode_bundle(keras_weights_to_bundle(sent, meta.model_dump())))
     else:
+        from participant.trained import Trained
+
         trained = Trained(list(weights), list(weights), samples, 0, {}, 0.0)
         secure.start(round_no, "update", secure.model_input(trained))
 

@@ -8,7 +8,11 @@ printed or logged; the API only ever sees the public half.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -81,6 +85,21 @@ class KeyRing:
             raise KeyFileError(f"task '{task_name}' recorded no signing key for {self.username}")
         return self.get(key_fingerprint)
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """This ring to ourselves for the block: other processes and threads wait at `held`."""
+        # Several daemons of one user start together (ten `musketeer aggregate` from a script, or
+        # ten aggregators in one process): without this, each saw no key, made one and registered
+        # it, retiring the others' keys under them. flock, on an open file of its own, excludes
+        # other processes and other threads alike.
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def create(self) -> Ed25519PrivateKey:
         """A new key, written 0600 and made current (the previous one stays on disk)."""
         key = Ed25519PrivateKey.generate()
@@ -94,7 +113,7 @@ class KeyRing:
 
 def _write_private(path: Path, content: bytes) -> None:
     # Created 0600 from the start and renamed into place: never readable by others, never half.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:

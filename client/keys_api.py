@@ -49,14 +49,19 @@ class KeyClient(Protocol):
 
 def ensure_registered(client: KeyClient, ring: KeyRing) -> Ed25519PrivateKey:
     """This machine's current key, made if there is none and registered if the API does not have
-    it as the user's active key; a key the API retired or revoked is replaced by a new one."""
-    key = ring.current()
-    if key is not None:
-        status = {k.fingerprint: k.status for k in client.my_keys()}.get(fingerprint_of(key))
-        if status == "active":
-            return key
-        if status is not None:  # rotated or revoked elsewhere: never sign with it again
-            key = None
-    key = key or ring.create()
-    client.register_key(public_text(key))
-    return key
+    it as the user's active key; a key the API retired or revoked is replaced by a new one.
+
+    Held on the ring from the first look to the registration: of several daemons starting at once
+    on one machine, the first makes and registers the key and the others find it active.
+    """
+    with ring.held():
+        key = ring.current()
+        if key is not None:
+            status = {k.fingerprint: k.status for k in client.my_keys()}.get(fingerprint_of(key))
+            if status == "active":
+                return key
+            if status is not None:  # rotated or revoked elsewhere: never sign with it again
+                key = None
+        key = key or ring.create()
+        client.register_key(public_text(key))
+        return key

@@ -3,13 +3,16 @@ believes (the one TaskStarted recorded)."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client import ConflictError, MusketeerClient, NotFoundError, PermissionDenied, ValidationFailed
-from client.keys import fingerprint_of, public_text
+from client.keys import KeyRing, fingerprint_of, public_text
+from client.keys_api import ensure_registered
 from streams.framing import split
 from streams.signing import Signer, Verifier
 from tests.conftest import ApiProcess, unique
@@ -88,3 +91,21 @@ def test_key_endpoints_refuse_what_they_must(api: ApiProcess) -> None:
     with pytest.raises(PermissionDenied):
         eve.task_keys(name)
     assert [k.status for k in john.my_keys()] == ["active"]
+
+
+def test_daemons_starting_at_once_on_one_keys_folder_make_and_register_one_key(api: ApiProcess) -> None:
+    """Ten daemons of one user starting together (threads here; processes take the same file
+    lock) find no key: one makes and registers it, the others use it; none is retired."""
+    someone = new_member(api, "k")
+    ring = KeyRing(someone.keys_dir, someone.name)
+    barrier = threading.Barrier(10)
+
+    def start() -> str:
+        barrier.wait()
+        return fingerprint_of(ensure_registered(someone.client, ring))
+
+    with ThreadPoolExecutor(10) as pool:
+        fingerprints = set(pool.map(lambda _: start(), range(10)))
+
+    assert len(fingerprints) == 1, fingerprints
+    assert [(k.fingerprint, k.status) for k in someone.client.my_keys()] == [(fingerprints.pop(), "active")]
