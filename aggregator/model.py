@@ -10,10 +10,10 @@ from aggregator.run import AggregationFailed, AggregatorOptions
 from client import Task
 from ml.data import Dataset, load_dataset
 from ml.export import ExportedScorer, raw_inputs
-from ml.keras_model import compile_model, keras, model_to_json
+from ml.keras_model import compile_model, model_to_json
 from ml.linear import build_linear
 from ml.registry import build_model, known_models, load_user_model, model_spec
-from ml.seeds import task_seed
+from ml.seeds import seeded, task_seed
 from schema.algorithms import KMEANS, LINEAR_MODELS, contribution, is_regression
 from schema.algorithms import parameters as algorithm_parameters
 from schema.dataplane import ModelMeta
@@ -58,10 +58,26 @@ def check_before_start(task: Task, options: AggregatorOptions) -> None:
 def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
                   std: Array | None) -> tuple[Any, ModelMeta]:
     """A fresh compiled model and the meta that travels with it."""
-    # Seeded by the task: a restarted aggregator rebuilds the very same initial model.
-    keras.utils.set_random_seed(task_seed(task.task_id, task.definition))
     definition = task.definition
     learning_rate = float(definition.get("learning_rate", 0.001))
+    # Seeded by the task: a restarted aggregator rebuilds the very same initial model.
+    with seeded(task_seed(task.task_id, definition)):
+        model, name, input_shape, num_classes = _build(definition, options, learning_rate)
+    meta = ModelMeta(architecture=model_to_json(model), model=name, input_shape=input_shape,
+                     num_classes=num_classes, learning_rate=learning_rate,
+                     epochs=int(definition.get("epochs", 1)),
+                     batch_size=int(definition.get("batch_size", 32)),
+                     rounds=int(definition["rounds"]),
+                     # The model is only usable with the inputs it was trained on.
+                     feature_mean=None if mean is None else mean.tolist(),
+                     feature_std=None if std is None else std.tolist(),
+                     objective="regression" if is_regression(definition) else "classification")
+    return model, meta
+
+
+def _build(definition: dict[str, Any], options: AggregatorOptions,
+           learning_rate: float) -> tuple[Any, str, list[int], int]:
+    """The compiled model, its registry name, input shape and number of classes."""
     parameters = algorithm_parameters(definition)
     if parameters.algorithm in LINEAR_MODELS:
         model = build_linear(parameters, learning_rate)
@@ -80,16 +96,7 @@ def build_initial(task: Task, options: AggregatorOptions, mean: Array | None,
         input_shape, num_classes = list(spec.input_shape), spec.num_classes
         model = build_model(name, input_shape=tuple(input_shape), num_classes=num_classes,
                             learning_rate=learning_rate)
-    meta = ModelMeta(architecture=model_to_json(model), model=name, input_shape=input_shape,
-                     num_classes=num_classes, learning_rate=learning_rate,
-                     epochs=int(definition.get("epochs", 1)),
-                     batch_size=int(definition.get("batch_size", 32)),
-                     rounds=int(definition["rounds"]),
-                     # The model is only usable with the inputs it was trained on.
-                     feature_mean=None if mean is None else mean.tolist(),
-                     feature_std=None if std is None else std.tolist(),
-                     objective="regression" if is_regression(definition) else "classification")
-    return model, meta
+    return model, name, input_shape, num_classes
 
 
 class Evaluation:

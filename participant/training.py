@@ -16,9 +16,9 @@ import numpy as np
 from ml.data import Dataset
 from ml.export import ExportedScorer, exported_model, raw_inputs
 from ml.fedprox import fit_proximal
-from ml.keras_model import compile_model, keras, local_state, model_from_json, restore_state
+from ml.keras_model import compile_model, local_state, model_from_json, restore_state
 from ml.prepare import feature_moments, flat_features, prepare
-from ml.seeds import participant_seed
+from ml.seeds import participant_seed, seeded
 from participant.trained import Trained
 from schema.algorithms import proximal_mu
 from schema.dataplane import ModelMeta
@@ -84,9 +84,9 @@ class LocalTraining(LocalData):
         meta = ModelMeta.model_validate(bundle.meta)
         if self.model is None or self.meta is None or meta.architecture != self.meta.architecture:
             # Seeded before the layers exist: their random generators (dropout) take it up.
-            keras.utils.set_random_seed(self.seed(0))
-            self.model = compile_model(model_from_json(meta.architecture), meta.learning_rate,
-                                       regression=meta.regression)
+            with seeded(self.seed(0)):
+                self.model = compile_model(model_from_json(meta.architecture), meta.learning_rate,
+                                           regression=meta.regression)
             self._fresh = local_state(self.model)
             self.meta = meta
             if standardises and self.mean is None:
@@ -102,9 +102,9 @@ class LocalTraining(LocalData):
         assert self.meta is not None
         started = time.monotonic()
         global_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
-        keras.utils.set_random_seed(self.seed(round_no))
-        restore_state(self._fresh)
-        self._fit(round_no)
+        with seeded(self.seed(round_no)):
+            restore_state(self._fresh)
+            self._fit(round_no)
         weights = [np.asarray(w) for w in self.model.get_weights()]
         return Trained(global_weights, weights, len(self.train), len(self.test), self.evaluate(),
                        time.monotonic() - started)
