@@ -201,6 +201,20 @@ class EventStoreContract:
             self.tamper(store, target, "b")
         assert store.verify().ok
 
+    def test_numbers_jsonb_writes_out_in_full_keep_the_chain_sound(self, store: EventStore) -> None:
+        """Floats with a positive exponent, and negative zero, verify after storage."""
+        task_id = unique("numbers").replace("-", "")
+        definition = {"quorum": 2, "rounds": 3, "big": 1e20, "odd": 1.2345678901234567e19,
+                      "huge": -1.7976931348623157e308, "zero": -0.0, "small": 1e-07, "one": 1.0}
+        event = TaskCreated(task_id=task_id, name=unique("task"), creator="alice", definition=definition,
+                            broadcast_topic="b", updates_topic="u")
+        [record] = store.append(f"task-{task_id}", NO_STREAM, [NewEvent(event, actor="alice")])
+        assert store.verify().ok
+        [stored] = store.read_stream(f"task-{task_id}")
+        assert stored.data["definition"] == record.data["definition"]
+        assert record.data["definition"]["odd"] == 12345678901234567000  # the digits, as stored
+        assert record.data["definition"]["big"] == 10**20 and record.data["definition"]["small"] == 1e-07
+
     def test_state_after_first_n_events_is_a_fold(self, store: EventStore) -> None:
         """Time travel: folding the first N events gives the task as it was then."""
         task_id = unique("tt").replace("-", "")

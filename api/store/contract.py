@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from api.errors import IdempotencyKeyReused, VersionConflict
@@ -82,9 +83,23 @@ def chain_hash(prev_hash: bytes, body: bytes) -> bytes:
 
 def _normalised(value: dict[str, Any]) -> dict[str, Any]:
     # jsonb re-renders numbers and drops key order; hashing what storage will give
-    # back (a JSON round trip) keeps the chain verifiable after storage.
-    result: dict[str, Any] = json.loads(json.dumps(value))
+    # back (a JSON round trip, numbers as jsonb renders them) keeps the chain verifiable.
+    result: dict[str, Any] = json.loads(json.dumps(value), parse_float=_as_jsonb_renders)
     return result
+
+
+def _as_jsonb_renders(text: str) -> float | int:
+    """A JSON float as it reads back from jsonb, which keeps numbers as decimals.
+
+    jsonb writes a number with a positive exponent out in full digits ("1e+20" comes back
+    as 100000000000000000000, an int, and "1.2345678901234567e+19" as
+    12345678901234567000), and it has no negative zero. Hashing the Python float instead
+    would break the chain at the next verification.
+    """
+    if "e+" in text.lower():
+        return int(Decimal(text))
+    number = float(text)
+    return 0.0 if number == 0 else number
 
 
 def seal(new: NewEvent, stream_id: str, version: int, position: int, prev_hash: bytes) -> RecordedEvent:
