@@ -24,7 +24,6 @@ from aggregator.standardise import standardise
 from aggregator.verify import Accepted
 from ml.data import load_dataset
 from ml.kmeans import (
-    ClusterStats,
     ClusterSums,
     assign,
     best_init,
@@ -145,9 +144,9 @@ def _round(run: TaskRun, round_no: int, meta: KMeansMeta, centroids: Array,
 def lloyd_step(meta: KMeansMeta, centroids: Array, folded: ClusterSums
                ) -> tuple[KMeansMeta, Array, dict[str, float]]:
     """The new centroids from a round's summed statistics, the meta noting its inertia, metrics."""
-    if folded.total is None:
+    stats = folded.total
+    if stats is None:
         raise AggregationFailed("the round closed without any cluster statistics")
-    stats: ClusterStats = folded.total
     best = best_init(stats.inertia)
     samples = int(stats.counts[best].sum())
     metrics = {"inertia": float(stats.inertia[best]),

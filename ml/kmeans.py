@@ -169,12 +169,16 @@ class ClusterSums:
 
     It folds updates one at a time like every aggregation strategy (ml.strategies.Strategy),
     so the aggregator checks and collects K-means updates on the same path as model updates.
+    The statistics are small (n_init × K × d), so each participant's is kept and they are
+    added in an order of their own content, not of arrival: float sums depend on their order,
+    and the same updates must give the same centroids (and inertia) to the last bit however
+    the broker interleaved them.
     """
 
     def __init__(self, template: Template) -> None:
         self.template = template
         self.count = 0
-        self.total: ClusterStats | None = None
+        self._parts: list[ClusterStats] = []
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Fold one participant's statistics; UpdateRejected if they cannot be right."""
@@ -184,15 +188,28 @@ class ClusterSums:
         if np.any(counts.sum(axis=1) != samples):
             raise UpdateRejected(f"cluster counts add up to {counts.sum(axis=1).tolist()}, "
                                  f"not to the {samples} samples the update claims")
-        stats = ClusterStats(sums.astype(np.float64), counts.astype(np.int64), inertia.astype(np.float64))
-        self.total = stats if self.total is None else self.total + stats
+        self._parts.append(ClusterStats(sums.astype(np.float64), counts.astype(np.int64),
+                                        inertia.astype(np.float64)))
         self.count += 1
+
+    @property
+    def total(self) -> ClusterStats | None:
+        """Everyone's statistics added up, in the order of their bytes (None before any)."""
+        if not self._parts:
+            return None
+        ordered = sorted(self._parts, key=lambda part: (part.inertia.tobytes(), part.counts.tobytes(),
+                                                        part.sums.tobytes()))
+        total = ordered[0]
+        for part in ordered[1:]:
+            total = total + part
+        return total
 
     def result(self) -> list[Array]:
         """The summed statistics as a weight list (ValueError if nothing was added)."""
-        if self.total is None:
+        total = self.total
+        if total is None:
             raise ValueError("no update has been added: no cluster statistics")
-        return self.total.as_update()
+        return total.as_update()
 
 
 def centroids_payload(meta: KMeansMeta, centroids: Array) -> bytes:

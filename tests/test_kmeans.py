@@ -106,6 +106,23 @@ def test_an_update_whose_counts_do_not_add_up_is_refused_and_changes_nothing() -
     assert not isinstance(fold_update(folded, _update(good, 40)), Refused) and folded.count == 1
 
 
+def test_the_same_statistics_sum_to_the_same_bits_whatever_order_they_arrive_in() -> None:
+    """Float addition depends on its order; the fold's does not depend on the broker's."""
+    template = update_template(1, 2, 1)
+    updates = [[np.array([[[1e16], [0.1]]]), np.array([[1, 1]]), np.array([2.0])],
+               [np.array([[[1.0], [0.2]]]), np.array([[1, 1]]), np.array([2.0])],
+               [np.array([[[-1e16], [0.3]]]), np.array([[1, 1]]), np.array([3.0])]]
+    results = []
+    for order in ([0, 1, 2], [1, 2, 0], [2, 0, 1], [1, 0, 2]):
+        folded = ClusterSums(template)
+        for index in order:
+            folded.add(updates[index], 2)
+        results.append([array.tobytes() for array in folded.result()])
+    assert all(result == results[0] for result in results)
+    # the naive left-to-right sums differ: the case is one where order matters
+    assert (1e16 + 1.0) + -1e16 != (-1e16 + 1e16) + 1.0
+
+
 def test_centroid_payloads_round_trip_and_refuse_a_mismatch() -> None:
     """Centroids travel as data with their meta; a shape that contradicts the meta is refused."""
     meta = KMeansMeta(clusters=3, n_init=2, features=4, rounds=5)
