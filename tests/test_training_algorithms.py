@@ -8,6 +8,7 @@ records them, and `musketeer tasks show` prints them.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,10 @@ def test_kmeans_over_the_broker_matches_scikit_learn_and_draws_the_clusters(
     assert task.status == "COMPLETED", dump(logs)
     recorded = alice.rounds(name)
     inertia = [r.metrics["inertia"] for r in recorded]
-    assert len(inertia) == 8 and inertia == sorted(inertia, reverse=True)
+    # Lloyd's steps never raise the inertia; once converged it may move in its last bit
+    # (the sites' float sums), so a rise within 1e-9 relative is not a rise.
+    assert len(inertia) == 8
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in itertools.pairwise(inertia)), inertia
     assert "UpdateRejected" not in [e.type for e in alice.task_events(name)]
     meta, centroids = read_centroids(alice.download_model(name)[1])
     assert centroids.shape == (5, 4) and meta.n_init == 3
