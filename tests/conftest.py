@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,27 @@ def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def in_threads(count: int, work: Callable[[int], None]) -> None:
+    """Run work(0..count-1) in threads released together; re-raise the first failure."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            work(index)
+        except BaseException as exc:  # re-raised once every thread has ended
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def unique(prefix: str) -> str:

@@ -7,8 +7,7 @@ with commands racing in two workers at once.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from api.store.postgres import PostgresEventStore
 from infra.apiproc import ApiProcess
 from infra.apiproc import start_api as start_api_process
 from infra.errors import PlatformError
-from tests.conftest import drop_database, fresh_database, unique
+from tests.conftest import drop_database, fresh_database, in_threads, unique
 
 pytestmark = pytest.mark.integration
 
@@ -40,27 +39,6 @@ def two_workers(broker: Any, tmp_path: Path) -> Iterator[tuple[ApiProcess, str]]
     finally:
         process.stop()
         drop_database(database)
-
-
-def in_threads(count: int, work: Callable[[int], None]) -> None:
-    """Run work(0..count-1) in threads released together; re-raise the first failure."""
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            work(index)
-        except BaseException as exc:  # reported to the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 def member(url: str, name: str) -> httpx.Client:

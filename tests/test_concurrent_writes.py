@@ -11,7 +11,7 @@ after the other.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ from api.training import TrainingCommands
 from schema.commands import CreateTask, RegisterUser
 from schema.definition import TaskDefinition
 from schema.events import ParticipantJoined
-from tests.conftest import unique
+from tests.conftest import in_threads, unique
 
 pytestmark = pytest.mark.integration
 
@@ -70,27 +70,6 @@ def wide_pool(database_url: str) -> Iterator[ConnectionPool]:
 @pytest.fixture()
 def store(wide_pool: ConnectionPool) -> CountingStore:
     return CountingStore(wide_pool)
-
-
-def in_threads(count: int, work: Callable[[int], None]) -> None:
-    """Run work(0..count-1) in threads released together; re-raise the first failure."""
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            work(index)
-        except BaseException as exc:  # reported to the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 def tail(store: PostgresEventStore, after: int, stop: threading.Event, seen: list[int]) -> None:
