@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 test: lint
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=20
 
 bench: $(STAMP)
 	$(PY) bench/api_bench.py

@@ -9,6 +9,7 @@ import typer
 
 from client import ClientError, MusketeerClient, RetryPolicy
 from client.cli import output as show
+from client.cli.stopping import orderly_stop
 from client.profile import Profile
 
 
@@ -65,9 +66,10 @@ def participate(
         # A daemon outlives API restarts: wait up to five minutes, saying what for.
         client = MusketeerClient.from_profile(api_url=api_url, retry=RetryPolicy(total_wait=300.0),
                                               on_wait=progress)
-        daemon = ParticipantDaemon(client, Profile.load(), data, output, only=task,
-                                   progress=progress)
-        code = daemon.run()
+        daemon = ParticipantDaemon(client, Profile.load(), data, output, only=task, progress=progress)
+        # From here Ctrl-C (or SIGTERM) stops the workers in order; before, it just quits.
+        with orderly_stop(daemon.stop, progress) as stop:
+            code = daemon.run()
     except ClientError as exc:
         show.print_client_error(exc)
         raise typer.Exit(1) from None
@@ -76,4 +78,4 @@ def participate(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    raise typer.Exit(code)
+    raise typer.Exit(stop.exit_code or code)

@@ -16,7 +16,7 @@ from client.keys import KeyRing, fingerprint_of
 from client.keys_api import ensure_registered
 from client.profile import Profile
 from participant.data import DataOptions
-from participant.worker import Progress, TaskStopped, TaskWorker, WorkerResult
+from participant.worker import Progress, TaskStopped, TaskWorker, WorkerInterrupted, WorkerResult
 from schema.lifecycle import TaskStatus
 from streams.config import Broker, KafkaSecurity
 from streams.eventlog import EventFeed
@@ -32,8 +32,11 @@ class ParticipantDaemon:
     """Runs a worker for every joined task as it starts; `only` limits it to one task."""
 
     def __init__(self, client: MusketeerClient, profile: Profile, data: DataOptions,
-                 output: Path, only: str | None = None, progress: Progress = print) -> None:
+                 output: Path, only: str | None = None, progress: Progress = print,
+                 stop: threading.Event | None = None) -> None:
         self.client = client
+        # Set it (from a signal handler, say) to stop: workers leave their tasks at their next step.
+        self.stop = stop or threading.Event()
         self.broker = Broker(profile.broker_address(), KafkaSecurity.from_mapping(profile.kafka_settings()))
         self.events_topic = profile.events_topic
         self.data = data
@@ -61,19 +64,27 @@ class ParticipantDaemon:
                                   f"run `musketeer tasks join {self.only}` first")
             self.data.check_for(task.name, task.definition)
 
-    def run(self, stop: threading.Event | None = None) -> int:
-        """Serve until stopped (or, with `only`, until that task ends); 0 if all went well."""
-        stop = stop or threading.Event()
+    def run(self) -> int:
+        """Serve until `stop` is set (or, with `only`, until that task ends); 0 if all went well.
+
+        Stopping is orderly: every worker leaves its task at its next step and closes its own
+        broker connections before this returns, so the process never exits under a worker that
+        is still inside the Kafka client.
+        """
         self.check_data()
         with EventFeed(self.broker, self.events_topic) as feed:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 self._start_workers()
                 if self.only and self._only_done():
                     break
                 if not any(thread.is_alive() for thread in self.workers.values()):
                     self._say_what_we_wait_for()
                 # Events only wake us early; the API says which tasks started.
-                feed.poll(timeout_s=2.0)
+                feed.poll(timeout_s=1.0)
+        busy = [name for name, thread in self.workers.items() if thread.is_alive()]
+        if self.stop.is_set() and busy:
+            self.progress(f"stopping: waiting for {len(busy)} task(s) to finish their current step "
+                          f"({', '.join(busy)})")
         for thread in self.workers.values():
             thread.join()
         return 1 if self.errors else 0
@@ -87,7 +98,7 @@ class ParticipantDaemon:
             if task.name in self.workers:
                 continue
             worker = TaskWorker(self.client, self.broker, task, self.keys, self.data,
-                                self.output, self.progress)
+                                self.output, self.progress, stop=self.stop)
             thread = threading.Thread(target=self._work, args=(worker,), name=f"task-{task.name}",
                                       daemon=True)
             self.workers[task.name] = thread
@@ -126,6 +137,8 @@ class ParticipantDaemon:
     def _work(self, worker: TaskWorker) -> None:
         try:
             self.results[worker.task.name] = worker.run()
+        except WorkerInterrupted as exc:
+            worker.say(str(exc))
         except Exception as exc:  # one task's failure must not stop the others
             self.errors[worker.task.name] = str(exc)
             worker.say(f"stopped: {exc}")

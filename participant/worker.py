@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class TaskStopped(RuntimeError):
     """The task ended without a final model (failed, deleted, or stopped by the aggregator)."""
 
 
+class WorkerInterrupted(RuntimeError):
+    """The daemon is stopping: the worker left its task between steps (a restart resumes it)."""
+
+
 @dataclass
 class WorkerResult:
     """What a participant keeps: the final model and its local metrics."""
@@ -70,7 +75,8 @@ class TaskWorker:
     """Takes part in one task until its final model arrives."""
 
     def __init__(self, client: MusketeerClient, broker: Broker, task: Task, keys: KeyRing,
-                 data: DataOptions, output: Path, progress: Progress = print) -> None:
+                 data: DataOptions, output: Path, progress: Progress = print,
+                 stop: threading.Event | None = None) -> None:
         self.client = client
         self.broker = broker
         self.task = task
@@ -79,6 +85,8 @@ class TaskWorker:
         self.data = data
         self.output = output
         self.progress = progress
+        # Looked at between steps (a training step in progress runs to its end).
+        self.stop = stop or threading.Event()
         self.rounds_trained: list[int] = []
         self._sent: _Sent | None = None
         self.training: LocalTraining | LocalKMeans | None = None
@@ -157,7 +165,7 @@ class TaskWorker:
     def _follow(self, broadcasts: PayloadReader, writer: ResilientWriter) -> WorkerResult:
         next_check = time.monotonic() + _STATUS_CHECK_S
         next_reset_check = time.monotonic() + _RESET_CHECK_S
-        while True:
+        while not self.stop.is_set():
             # Not while broadcast frames flow (see Collector.gather): the check is several round trips.
             if time.monotonic() > next_reset_check and time.monotonic() - broadcasts.last_frame_at > _RESET_CHECK_S:
                 if broadcasts.detect_reset():
@@ -178,6 +186,7 @@ class TaskWorker:
             if time.monotonic() > next_check:
                 self._check_still_running()
                 next_check = time.monotonic() + _STATUS_CHECK_S
+        raise WorkerInterrupted("left the task as the daemon stops; a restarted daemon resumes it")
 
     def _handle(self, payload: Payload, writer: ResilientWriter, skip_training: bool) -> WorkerResult | None:
         assert self.training is not None

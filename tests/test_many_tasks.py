@@ -109,7 +109,8 @@ def test_one_participant_daemon_serves_ten_tasks_at_once(api: ApiProcess, broker
         print("\n" + memory.table())  # shown with -s; the daemon's last sample is after all ten ended
     finally:
         daemon.send_signal(signal.SIGINT)
-        daemon.wait(30)
+        stopped = daemon.wait(30)
+    assert stopped == 130, "the daemon did not stop in order on Ctrl-C:\n" + dump(logs)
 
     for name in names:
         events = [e.type for e in alice.client.task_events(name)]

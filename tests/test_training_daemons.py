@@ -57,7 +57,8 @@ def test_one_participant_daemon_serves_two_tasks_at_once(api: ApiProcess, broker
         assert daemon.poll() is None, "the long-running daemon exited:\n" + dump(logs)
     finally:
         daemon.send_signal(signal.SIGINT)
-        daemon.wait(30)
+        stopped = daemon.wait(30)
+    assert stopped == 130, "the daemon did not stop in order on Ctrl-C:\n" + dump(logs)
 
     for owner, name, rounds in ((alice, first, 2), (bob, second, 3)):
         events = owner.client.task_events(name)
@@ -120,3 +121,30 @@ def test_deleting_a_running_task_stops_its_participant_cleanly(api: ApiProcess, 
 
     assert process.wait(60) == 1, log.read_text()
     assert f"task '{name}' is DELETED" in log.read_text()
+
+
+def test_ctrl_c_stops_a_daemon_mid_task_in_order(api: ApiProcess, broker: Any, topic_prefix: str,
+                                                 tmp_path: Path) -> None:
+    """SIGINT while the daemon follows a running task: its worker leaves the task at its next
+    step and closes its own connections, and the daemon exits 130 (not killed, not hung)."""
+    alice, john = member(api, "alice"), member(api, "john")
+    name = unique("stopped")
+    alice.client.create_task(name, DIGITS)
+    john.client.join(name)
+    for who in (alice, john):  # as their daemons would: a task starts once every member has a key
+        who.register_key()
+    alice.client.start_task(name)  # started, with no aggregator: the worker waits for round 1
+    logs = {"john": tmp_path / "john.log"}
+    daemon = spawn(["participate", "--dataset", "digits", "--output", str(tmp_path / "models")],
+                   daemon_env(api, john, broker.bootstrap, topic_prefix), logs["john"])
+    try:
+        wait_for_text(logs["john"], f"{name}: following the aggregator's broadcasts", logs)
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        code = daemon.wait(30)
+    log = logs["john"].read_text()
+    assert code == 130, dump(logs)
+    assert "SIGINT: stopping after the current step" in log, dump(logs)
+    assert f"{name}: left the task as the daemon stops" in log, dump(logs)
+    assert "Traceback" not in log, dump(logs)
+    assert alice.client.get_task(name).status == "STARTED"  # a restarted daemon resumes it
