@@ -69,7 +69,7 @@ class Broadcaster:
     def resend(self) -> None:
         """After a broker restart lost the topics: recreate them and send what must be there."""
         TopicAdmin(self.writer.broker).create([self.topic, str(self.task.topics.updates)])
-        self.writer.renew()  # a restarted broker forgot our idempotent producer's state
+        self.writer.renew()  # a new producer: nothing queued for the lost topics, fresh metadata
         for kind in (dataplane.STANDARDISE, dataplane.ARCHITECTURE, dataplane.WEIGHTS):
             if kind in self._kept:
                 round_no, make_payload = self._kept[kind]

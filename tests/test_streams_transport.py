@@ -151,6 +151,37 @@ def wire_frames(bootstrap: str, topic: str, expected: int) -> list[tuple[Envelop
     return frames
 
 
+# --- what a retry of the (non-idempotent) payload writer can leave on the topic ------------
+
+
+def test_frames_repeated_and_reordered_by_retries_give_the_payload_once(
+        broker: BrokerProcess, topic: str, reader: PayloadReader, writer: PayloadWriter) -> None:
+    """The payload writer is not idempotent (streams/writer.py says why): a retried frame may be
+    written twice, and after others. The reader still hands over the payload once, whole and
+    verified, and the next payload after it."""
+    payload = np.random.default_rng(3).bytes(6000)
+    frames = forged_frames(payload)
+    retried = [frames[0], frames[2], frames[1], frames[2], frames[3], frames[0], frames[5], frames[4],
+               frames[5]]
+    produce_raw(broker.bootstrap, topic, retried)
+    good = writer.send(topic, payload=b"after", **SEND)
+
+    deliveries = read_until(reader, lambda got: len(received(got)) == 2)
+
+    assert rejected(deliveries) == []
+    first, second = (d.payload for d in received(deliveries))
+    assert first.data == payload and first.payload_sha256 == hashlib.sha256(payload).hexdigest()
+    assert (second.message_id, second.data) == (good, b"after")
+
+
+def test_the_payload_writer_waits_for_every_replica_but_is_not_idempotent(writer: PayloadWriter) -> None:
+    """acks=all keeps an acknowledged frame from being lost; idempotence is off on purpose."""
+    from streams.writer import _WRITER_OVERRIDES
+
+    settings = producer_config(writer.broker, **_WRITER_OVERRIDES)
+    assert settings["acks"] == "all" and settings["enable.idempotence"] is False
+
+
 # --- bad frames are Rejected, and the reader goes on ------------------------------------
 
 
