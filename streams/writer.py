@@ -188,8 +188,9 @@ class _Acks:
 class ResilientWriter:
     """A PayloadWriter that starts over with a new producer when a send fails.
 
-    A broker restart (or a long outage) can leave a producer unable to deliver; a new one can. Every attempt reuses the payload's message id, so a
-    reader that got an earlier attempt knows the next one for a repeat.
+    A broker restart (or a long outage) can leave a producer unable to deliver; a new one can.
+    Every attempt reuses the payload's message id, so a reader that got an earlier attempt
+    knows the next one for a repeat.
     """
 
     def __init__(self, broker: Broker | str, *, attempts: int = 4, timeout_s: float = 45.0,

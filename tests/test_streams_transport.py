@@ -174,6 +174,43 @@ def test_frames_repeated_and_reordered_by_retries_give_the_payload_once(
     assert (second.message_id, second.data) == (good, b"after")
 
 
+class SkipsOnce:
+    """The reader's real consumer, except that the frame at `offset` is not handed over the first
+    time: what tansu 0.6 was seen doing with several producers on one partition."""
+
+    def __init__(self, consumer: Consumer, offset: int) -> None:
+        self.consumer, self.offset, self.skipped = consumer, offset, 0
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        messages = self.consumer.consume(num_messages, timeout)
+        if self.skipped == 0 and any(m.offset() == self.offset for m in messages):
+            self.skipped += 1
+            return [m for m in messages if m.offset() != self.offset]
+        return messages
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)
+
+
+def test_a_frame_the_broker_skipped_is_read_again_and_the_payload_arrives(
+        broker: BrokerProcess, topic: str, writer: PayloadWriter) -> None:
+    """A frame skipped on the way (its offset jumped over) is fetched again from the broker, so the
+    payload arrives whole instead of expiring; the frames after it are not taken twice."""
+    payload = np.random.default_rng(4).bytes(5 * MiB + 7)
+    first = writer.send(topic, payload=payload, **SEND)
+    second = writer.send(topic, payload=b"next", **SEND)
+    with PayloadReader(broker.bootstrap, [topic], reassembler=Reassembler(timeout_s=3.0)) as reader:
+        skipping = SkipsOnce(reader._consumer, offset=2)
+        reader._consumer = skipping  # type: ignore[assignment]
+
+        deliveries = read_until(reader, lambda got: len(got) >= 2, timeout_s=10)
+
+    assert skipping.skipped == 1 and reader.gaps_reread == 1
+    assert rejected(deliveries) == []
+    assert [(d.payload.message_id, d.payload.data) for d in received(deliveries)] == [
+        (first, payload), (second, b"next")]
+
+
 def test_the_payload_writer_waits_for_every_replica_but_is_not_idempotent(writer: PayloadWriter) -> None:
     """acks=all keeps an acknowledged frame from being lost; idempotence is off on purpose."""
     from streams.writer import _WRITER_OVERRIDES
