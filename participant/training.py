@@ -19,6 +19,7 @@ from ml.fedprox import fit_proximal
 from ml.keras_model import compile_model, local_state, model_from_json, restore_state
 from ml.prepare import feature_moments, flat_features, prepare
 from ml.seeds import participant_seed, seeded
+from ml.trained_graphs import forget_training_graphs
 from participant.trained import Trained
 from schema.algorithms import proximal_mu
 from schema.dataplane import ModelMeta
@@ -67,6 +68,9 @@ class LocalData:
         """What to send before the first round, once the statistics are known (None: nothing)."""
         return None
 
+    def close(self) -> None:
+        """The task is over here: let go of what outlives this learner in the process."""
+
 
 class LocalTraining(LocalData):
     """The task's model, rebuilt from its broadcast architecture, and the local splits."""
@@ -83,6 +87,7 @@ class LocalTraining(LocalData):
         """Take a broadcast model: rebuild it if its architecture is new, then set its weights."""
         meta = ModelMeta.model_validate(bundle.meta)
         if self.model is None or self.meta is None or meta.architecture != self.meta.architecture:
+            self.close()  # a replaced model trains no more
             # Seeded before the layers exist: their random generators (dropout) take it up.
             with seeded(self.seed(0)):
                 self.model = compile_model(model_from_json(meta.architecture), meta.learning_rate,
@@ -138,3 +143,12 @@ class LocalTraining(LocalData):
         path = folder / "model.keras"
         self.exported().save(path)
         return path
+
+    def close(self) -> None:
+        """Let go of TensorFlow's registry entries for this model's traced training steps.
+
+        Without this, each finished task's training graphs stay in the process for good
+        (ml/trained_graphs.py says why).
+        """
+        if self.model is not None:
+            forget_training_graphs(self.model)

@@ -94,6 +94,14 @@ class TaskWorker:
 
     def run(self) -> WorkerResult:
         """Train every round; save and return the final model."""
+        try:
+            return self._run()
+        finally:
+            # However the task ended here, its model trains no more in this process.
+            if self.training is not None:
+                self.training.close()
+
+    def _run(self) -> WorkerResult:
         self.training = self._local_training()
         # Signed with the key the task recorded for us; broadcasts believed only from its creator.
         signer = Signer(self.keys.recorded(self.task.keys, self.task.name))
