@@ -35,12 +35,16 @@ _READER_OVERRIDES: dict[str, Any] = {
     # librdkafka's prefetch queue per reader: it bounds the memory of frames
     # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
     "queued.max.messages.kbytes": 64 * 1024,
-    # fetch.wait.max.ms stays at librdkafka's 500 ms on purpose: at 20 ms,
-    # no-op rounds of 1M params x 8 went from 1.2 to 0.5 s, but once in about
-    # ten bench runs the aggregator's reader skipped one frame of an update
-    # that the broker holds whole (a fresh reader gets it), and the round
-    # waited for it until its timeout. Tight polling of a partition that eight
-    # producers are appending to seems to meet a race in tansu 0.6.
+    # tansu 0.6 answers a fetch with no data only when this wait is over, even if data
+    # arrives meanwhile (Kafka answers at once), so each hop of a round (weights out,
+    # updates back) waited up to librdkafka's 500 ms. At 100 ms (bench/round_bench.py, two
+    # runs each): 1M params x 2 / x 8 0.27-0.39 / 0.34-0.43 -> 0.16 / 0.27-0.31 s a round,
+    # 10M x 2 / x 8 1.06-1.26 / 2.90-3.19 -> 0.97-1.04 / 2.42-2.61 s. 20 ms bought no more,
+    # and an idle reader costs the broker more the shorter the wait: 32 idle readers took
+    # 5 % (500 ms), 12 % (100 ms), 34 % (20 ms) of a core of tansu. The frame tansu sometimes
+    # skips under concurrent appends (seen more often at short waits) is read again: see
+    # _GAP_REREADS.
+    "fetch.wait.max.ms": 100,
     "logger": _LOG,
 }
 # Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
