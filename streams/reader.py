@@ -35,9 +35,10 @@ _READER_OVERRIDES: dict[str, Any] = {
     # librdkafka's prefetch queue per reader: it bounds the memory of frames
     # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
     "queued.max.messages.kbytes": 64 * 1024,
-    # tansu 0.6 answers a fetch with no data only when this wait is over, even if data
-    # arrives meanwhile (Kafka answers at once), so each hop of a round (weights out,
-    # updates back) waited up to librdkafka's 500 ms. At 100 ms (bench/round_bench.py, two
+    # tansu 0.6 does not answer a waiting fetch as soon as data arrives (Kafka does): a
+    # message produced while a reader waited reached it after a median 77 ms, at most 232,
+    # with librdkafka's 500 ms wait, and 11 / 51 ms with 100 ms; each hop of a round
+    # (weights out, updates back) paid that. At 100 ms (bench/round_bench.py, two
     # runs each): 1M params x 2 / x 8 0.27-0.39 / 0.34-0.43 -> 0.16 / 0.27-0.31 s a round,
     # 10M x 2 / x 8 1.06-1.26 / 2.90-3.19 -> 0.97-1.04 / 2.42-2.61 s. 20 ms bought no more,
     # and an idle reader costs the broker more the shorter the wait: 32 idle readers took
