@@ -37,6 +37,7 @@ FLARE = Path("/work/shared/bench/flare/run_all.sh")
 # The FLARE harness works in this fixed folder (its scripts' base).
 FLARE_RESULTS = Path("/tmp/flare-bench/results")
 Grid = dict[tuple[int, int], float]
+_SIGPIPE_EXIT = 128 + 13
 
 
 def run_flower(script: Path, params: list[int], nodes: list[int], rounds: int, reps: int,
@@ -62,7 +63,12 @@ def run_flare(script: Path, params: list[int], nodes: list[int]) -> Grid:
         path.unlink(missing_ok=True)  # a run that fails must not leave an older run's figure
     env = {**os.environ, "PARAMS": ",".join(map(str, params)), "NODES": ",".join(map(str, nodes))}
     print(f"== FLARE: {script} (PARAMS={env['PARAMS']} NODES={env['NODES']})", flush=True)
-    subprocess.run(["bash", str(script)], env=env, check=True)
+    if subprocess.run(["bash", str(script)], env=env, check=False).returncode == _SIGPIPE_EXIT:
+        # On its first run the harness prepares its POC workspace with `yes | nvflare poc
+        # prepare` under `set -o pipefail`: `yes` dies of SIGPIPE and the script stops (141)
+        # after preparing it. A second run finds the workspace and goes on.
+        print("   FLARE's harness stopped after preparing its workspace (exit 141); once more", flush=True)
+        subprocess.run(["bash", str(script)], env=env, check=True)
     found: Grid = {}
     for key, path in results.items():
         try:
