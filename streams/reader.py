@@ -293,11 +293,12 @@ class PayloadReader:
                     self._rereads[gap] = tries + 1
                     self.gaps_reread += 1
                     _LOG.warning("%s[%d]: offsets %d-%d were skipped; reading them again",
-                              where.topic, where.partition, expected, where.offset - 1)
+                                 where.topic, where.partition, expected, where.offset - 1)
                     # Fetched after the gap: they come again after the frames it held.
                     self._backlog = deque(m for m in self._backlog if (m.topic(), m.partition()) != key)
                     return False
             else:
+                del self._rereads[gap]  # taken as a real gap: nothing more to remember of it
                 _LOG.warning("%s[%d]: offsets %d-%d are still missing after %d tries; reading on",
                              where.topic, where.partition, expected, where.offset - 1, tries)
         if expected is None or where.offset >= expected:
