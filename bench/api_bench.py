@@ -10,7 +10,14 @@ With --client-procs K the clients are spread over K worker processes (each runs 
 share as threads; latencies are merged, the wall time runs from the first start to the
 last finish), so one Python process's HTTP client does not cap the rate it measures.
 With --json FILE it also writes the rows as a JSON list of objects with the keys
-operation, ops_per_s, p50_ms and p99_ms (to compare runs before and after a change).
+operation, ops_per_s, p50_ms, p99_ms and api_cpu_ms_per_op (to compare runs before and after
+a change).
+
+On this kind of machine (client, API, broker and database sharing two cores) the rate is
+bounded by CPU, so each API row also shows the CPU time the API's processes (all its
+workers) spent per operation, read from /proc before and after the phase: the number a
+change to the request path has to move. Latency follows from the rate: C clients that each
+wait for their answer keep C requests in flight, so the mean latency is C / (ops/s).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import functools
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -47,12 +55,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def summarise(row: tuple[str, int, float, list[float]]) -> dict[str, Any]:
+Row = tuple[str, int, float, list[float], float | None]  # label, count, wall s, latencies, API CPU s
+
+
+def summarise(row: Row) -> dict[str, Any]:
     """One table row as the JSON object --json writes."""
-    label, count, wall, latencies = row
+    label, count, wall, latencies, cpu_s = row
     return {"operation": label, "ops_per_s": round(count / wall, 1),
             "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 1)}
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "api_cpu_ms_per_op": None if cpu_s is None else round(cpu_s / count * 1000, 2)}
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process `pid` and its descendants alive now.
+
+    Linux only (/proc); None elsewhere. The API's uvicorn workers are children of its supervisor.
+    """
+    proc = Path("/proc")
+    if not (proc / str(pid) / "stat").exists():
+        return None
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # The command name (field 2) may hold spaces; the fields after its ')' do not.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def run_concurrently(clients: int, work: Callable[[int], list[float]],
@@ -154,21 +196,24 @@ def join_ops(url: str, users: list[tuple[str, str]], run: str, ops: int, i: int)
                 for k in range(ops)]
 
 
-def bench_api(url: str, clients: int, ops: int, run: str,
-              procs: int = 1) -> list[tuple[str, int, float, list[float]]]:
+def bench_api(url: str, clients: int, ops: int, run: str, procs: int = 1,
+              api_pid: int | None = None) -> list[Row]:
     users = register_all(url, clients, run)
-    rows = []
-    latencies, wall = run_concurrently(clients, functools.partial(create_ops, url, users, run, ops), procs)
-    rows.append(("create task (POST /v1/tasks)", len(latencies), wall, latencies))
-    latencies, wall = run_concurrently(clients, functools.partial(join_ops, url, users, run, ops), procs)
-    rows.append(("join (POST /v1/tasks/{name}/join)", len(latencies), wall, latencies))
+    rows: list[Row] = []
+    phases = [("create task (POST /v1/tasks)", create_ops), ("join (POST /v1/tasks/{name}/join)", join_ops)]
+    for label, operation in phases:
+        cpu_before = tree_cpu_s(api_pid) if api_pid else None
+        latencies, wall = run_concurrently(clients, functools.partial(operation, url, users, run, ops), procs)
+        cpu_after = tree_cpu_s(api_pid) if api_pid else None
+        cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+        rows.append((label, len(latencies), wall, latencies, cpu))
     return rows
 
 
-def bench_raw_insert(database_url: str, clients: int, ops: int) -> list[tuple[str, int, float, list[float]]]:
+def bench_raw_insert(database_url: str, clients: int, ops: int) -> list[Row]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, doc jsonb)")
-    rows = []
+    rows: list[Row] = []
     for threads in (1, clients):
         def insert(i: int) -> list[float]:
             out = []
@@ -181,7 +226,7 @@ def bench_raw_insert(database_url: str, clients: int, ops: int) -> list[tuple[st
             return out
 
         latencies, wall = run_concurrently(threads, insert)
-        rows.append((f"raw single-row INSERT, {threads} conn", len(latencies), wall, latencies))
+        rows.append((f"raw single-row INSERT, {threads} conn", len(latencies), wall, latencies, None))
     return rows
 
 
@@ -215,7 +260,7 @@ def main() -> int:
               f"{args.clients} clients x {args.ops} ops in {args.client_procs} client process(es), "
               f"{args.workers} API worker(s)",
               flush=True)
-        rows = bench_api(api.url, args.clients, args.ops, run, args.client_procs)
+        rows = bench_api(api.url, args.clients, args.ops, run, args.client_procs, api.popen.pid)
         rows += bench_raw_insert(database_url, args.clients, args.ops)
     finally:
         if api:
@@ -227,12 +272,15 @@ def main() -> int:
     table = [summarise(row) for row in rows]
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
-    header = f"| {'operation':<38} | {'ops':>5} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} |"
+    header = (f"| {'operation':<38} | {'ops':>5} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} "
+              f"| {'API CPU ms/op':>13} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for (label, count, _, _), summary in zip(rows, table, strict=True):
+    for (label, count, *_), summary in zip(rows, table, strict=True):
+        cpu = summary["api_cpu_ms_per_op"]
         print(f"| {label:<38} | {count:>5} | {summary['ops_per_s']:>8.1f} | "
-              f"{summary['p50_ms']:>7.1f} | {summary['p99_ms']:>7.1f} |")
+              f"{summary['p50_ms']:>7.1f} | {summary['p99_ms']:>7.1f} | "
+              f"{'' if cpu is None else f'{cpu:.2f}':>13} |")
     print(f"(mean create latency {statistics.mean(rows[0][3]) * 1000:.1f} ms; create includes two "
           "topic creations on the broker)")
     return 0
