@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import threading
 import time
 from collections.abc import Callable
@@ -257,7 +258,7 @@ class TaskWorker:
 
     # -- the end
 
-    def _finish(self, bundle: ArrayBundle, data: bytes) -> WorkerResult:
+    def _finish(self, bundle: ArrayBundle, data: bytes | mmap.mmap) -> WorkerResult:
         assert self.training is not None
         digest = hashlib.sha256(data).hexdigest()
         folder = self.output / self.task.name

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,20 +176,21 @@ def _align(position: int) -> int:
 # --- decoding -----------------------------------------------------------------
 
 
-def decode_bundle(data: bytes | bytearray | memoryview, *, copy: bool = False) -> ArrayBundle:
+def decode_bundle(data: bytes | bytearray | memoryview | mmap.mmap, *, copy: bool = False) -> ArrayBundle:
     """The bundle in `data`; raise CodecError naming the first thing that is wrong.
 
-    When `data` is `bytes` and `copy` is false, the arrays are read-only views
-    into it: no copy, and safe after the caller drops `data`, because each view
-    keeps the (immutable) bytes object alive. Any other buffer could change
-    under the views, so its arrays are copied, as they are when `copy` is true.
+    When `data` is `bytes` or a read-only mapping (a reassembled payload's spool file, which
+    nothing else can write) and `copy` is false, the arrays are read-only views into it: no
+    copy, and safe after the caller drops `data`, because each view keeps it alive. Any other
+    buffer could change under the views, so its arrays are copied, as they are when `copy` is
+    true.
     """
     view = memoryview(data).cast("B")
     manifest_end = _read_header(view)
     manifest = _read_manifest(view[_HEADER.size:manifest_end])
     body = view[manifest_end:]
     entries = _check_layout(_parse_entries(manifest.get("arrays")), body)
-    share = isinstance(data, bytes) and not copy
+    share = (isinstance(data, bytes) or (isinstance(data, mmap.mmap) and view.readonly)) and not copy
     arrays = {entry.name: _array(body, entry, share) for entry in entries}
     return ArrayBundle(arrays=arrays, meta=_parse_meta(manifest.get("meta")))
 

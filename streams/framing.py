@@ -9,6 +9,7 @@ rather than in memory while they are incomplete.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tempfile
 import time
@@ -37,7 +38,9 @@ class Payload:
     message_id: str
     payload_size: int
     payload_sha256: str
-    data: bytes
+    # Small payloads are bytes; spooled ones a read-only mapping of their unlinked spool file,
+    # which nothing else can write (see Reassembler._complete).
+    data: bytes | mmap.mmap
 
 
 def split(
@@ -90,6 +93,10 @@ class _Spool:
             parts.append(part)
             offset, length = offset + len(part), length - len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def mapped(self) -> mmap.mmap:
+        """The whole payload as a read-only shared mapping of the file, which outlives `close`."""
+        return mmap.mmap(self._file.fileno(), self.size, access=mmap.ACCESS_READ)
 
     def close(self) -> None:
         self._file.close()
@@ -302,16 +309,28 @@ class Reassembler:
             raise FrameError(f"message {envelope.message_id}: sha256 of the reassembled "
                              f"{envelope.payload_size} bytes does not match the envelope; dropped")
         try:
-            # One bytes object of the payload's size: callers get an immutable
-            # payload that nothing else holds, and the store is freed below.
-            data = pending.store.read(0, envelope.payload_size)
-        except OSError as exc:
+            data = self._hand_over(pending.store)
+        except (OSError, ValueError) as exc:
             raise FrameError(f"message {envelope.message_id}: cannot read back the spooled "
                              f"payload: {exc}; dropped") from exc
         finally:
             self._finish(envelope.message_id)
         return Payload(envelope.task_id, envelope.round, envelope.kind, envelope.sender,
                        envelope.message_id, envelope.payload_size, envelope.payload_sha256, data)
+
+    @staticmethod
+    def _hand_over(store: _Spool | _Memory) -> bytes | mmap.mmap:
+        """The payload as callers get it: immutable, and held by nothing else.
+
+        In memory: one bytes object of its size (the store is freed after). Spooled: a read-only
+        mapping of the file instead of a copy on the heap. The file is unlinked and its only
+        descriptor is closed after this, so no one can change the bytes under the mapping; its
+        pages are the kernel's cache until read (see streams.pages), and the file's space is
+        freed when the mapping is dropped.
+        """
+        if isinstance(store, _Spool) and store.size > 0:
+            return store.mapped()
+        return store.read(0, store.size)
 
     def _finish(self, message_id: str) -> None:
         pending = self._pending.pop(message_id, None)

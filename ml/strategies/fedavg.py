@@ -1,7 +1,9 @@
 """Sample-weighted federated averaging (FedAvg), folded one update at a time.
 
 The aggregator never holds more than one update: each is checked, added into float64 running
-sums in place, and dropped, so memory is O(model) whatever the number of participants.
+sums in place, and dropped, so memory is O(model) whatever the number of participants. An update
+that arrived as a mapping of its spool file is read a block at a time, and each block's pages are
+given back once read (`streams.pages`), so not even that one update is resident whole.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from streams.pages import blocks
 
 
 class UpdateRejected(ValueError):
@@ -52,7 +56,7 @@ def all_finite(array: np.ndarray) -> bool:
     """Whether every element is finite, checked a block at a time: `np.isfinite(array)` whole
     would make a boolean temporary of the array's length (10 MB for a 10M-weight layer)."""
     flat = array.reshape(-1)
-    return all(bool(np.isfinite(flat[start:start + BLOCK]).all()) for start in range(0, flat.size, BLOCK))
+    return all(bool(np.isfinite(flat[start:stop]).all()) for start, stop in blocks(flat, BLOCK))
 
 
 class RunningAverage:
@@ -110,10 +114,10 @@ def fold_into(total: np.ndarray, array: np.ndarray, factor: float) -> None:
     """
     flat_total, flat = total.reshape(-1), array.reshape(-1)
     scratch = np.empty(min(BLOCK, flat.size), dtype=np.float64)
-    for start in range(0, flat.size, BLOCK):
-        part = flat_total[start:start + BLOCK]
+    for start, stop in blocks(flat, BLOCK):
+        part = flat_total[start:stop]
         step = scratch[:part.size]
-        np.multiply(flat[start:start + BLOCK], factor, out=step, dtype=np.float64)
+        np.multiply(flat[start:stop], factor, out=step, dtype=np.float64)
         np.add(part, step, out=part)
 
 
