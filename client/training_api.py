@@ -20,6 +20,32 @@ class SizedChunks(Protocol):
     def __len__(self) -> int: ...
 
 
+class _Lent:
+    """Chunks lent to httpx for one upload (and its retries), given back when it is over.
+
+    Why: httpx's request, which holds the body it sent, stays in a reference cycle with its
+    response and connection stream until the garbage collector runs. The aggregator's round
+    model is chunks that view the round's weights, so every uploaded model kept a model's worth
+    of arrays alive after the round that made it (38 MiB at 10M parameters, until a full
+    collection); what stays in the cycle now is this empty shell.
+    """
+
+    def __init__(self, content: SizedChunks) -> None:
+        self._content: SizedChunks | None = content
+        self._size = len(content)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._content is None:
+            raise RuntimeError("the upload is over: its chunks were given back")
+        return iter(self._content)
+
+    def give_back(self) -> None:
+        self._content = None
+
+
 class TrainingApi:
     """Training methods of MusketeerClient."""
 
@@ -60,8 +86,13 @@ class TrainingApi:
             params["round"] = round
         # The length is stated for chunks too: the API refuses an oversized model before reading it.
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(content))}
-        body = self._command("PUT", task_path(name, "model"), key=idempotency_key,
-                             content=content, params=params, headers=headers)
+        lent = content if isinstance(content, bytes) else _Lent(content)
+        try:
+            body = self._command("PUT", task_path(name, "model"), key=idempotency_key,
+                                 content=lent, params=params, headers=headers)
+        finally:
+            if isinstance(lent, _Lent):
+                lent.give_back()
         return StoredModel.model_validate(body)
 
     def download_model(self: Endpoints, name: str, sha256: str | None = None,
