@@ -32,9 +32,14 @@ _READER_OVERRIDES: dict[str, Any] = {
     # payload streams in without one round trip per frame.
     "max.partition.fetch.bytes": 8 * 1024 * 1024,
     "fetch.max.bytes": 64 * 1024 * 1024,
-    # librdkafka's prefetch queue per reader: it bounds the memory of frames
-    # fetched ahead of poll() (64 MiB is its default, stated here on purpose).
-    "queued.max.messages.kbytes": 64 * 1024,
+    # librdkafka's prefetch queue per reader: it bounds the memory of frames fetched ahead of
+    # poll(). Its default, 64 MiB, was more than the whole of a 10M-parameter aggregator's
+    # budget beside its running sums; at 16 MiB a full queue made the reader wait out
+    # librdkafka's 1 s fetch.queue.backoff.ms before fetching again (10M x 8: 3.8-3.9 ->
+    # 5.0-5.3 s a round), so the backoff is 10 ms. With _CONSUME_BATCH at 4 the memory the
+    # rounds add went from 124-128 to 104-105 MiB at 10M x 8, 3.6-3.8 s a round either way.
+    "queued.max.messages.kbytes": 16 * 1024,
+    "fetch.queue.backoff.ms": 10,
     # tansu 0.6 does not answer a waiting fetch as soon as data arrives (Kafka does): a
     # message produced while a reader waited reached it after a median 77 ms, at most 232,
     # with librdkafka's 500 ms wait, and 11 / 51 ms with 100 ms; each hop of a round
@@ -48,9 +53,9 @@ _READER_OVERRIDES: dict[str, Any] = {
     "fetch.wait.max.ms": 100,
     "logger": _LOG,
 }
-# Frames taken from librdkafka per consume() call: at most ~16 MiB of chunk
+# Frames taken from librdkafka per consume() call: at most ~4 MiB of chunk
 # values alive in Python at once.
-_CONSUME_BATCH = 16
+_CONSUME_BATCH = 4
 # poll() hands over payloads until their sizes pass this, then keeps the
 # frames it fetched for the next call: small payloads come in batches, large
 # ones one at a time.
