@@ -21,7 +21,7 @@ from streams.codec import encode_pieces, keras_weights_to_bundle
 class _Store(BaseHTTPRequestHandler):
     """PUT /v1/tasks/t/model: read the body, answer its digest as the API does."""
 
-    def do_PUT(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         answer = json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}).encode()
         self.send_response(200)
