@@ -47,7 +47,8 @@ class FilePages:
             owner = owner.base
         while isinstance(owner, memoryview):
             owner = owner.obj
-        if not isinstance(owner, mmap.mmap) or not flat.flags.c_contiguous or len(owner) == 0:
+        if (not isinstance(owner, mmap.mmap) or not flat.flags.c_contiguous or len(owner) == 0
+                or not hasattr(mmap, "MADV_DONTNEED")):  # no madvise (Windows): pages stay mapped
             return None
         start = np.frombuffer(owner, dtype=np.uint8).ctypes.data
         return cls(owner, flat.ctypes.data - start, flat.itemsize)
