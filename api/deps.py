@@ -70,7 +70,13 @@ class Services:
         self.pool.close()
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in the thread pool, a hop (two thread
+    # switches) per request for what is an attribute read.
+    return _services_of(request)
+
+
+def _services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -81,7 +87,7 @@ def _bearer_user(
 ) -> str:
     if credentials is None:
         raise NotAuthenticated("missing bearer token; get one from POST /v1/auth/token")
-    username = _services(request).accounts.owner(credentials.credentials)
+    username = _services_of(request).accounts.owner(credentials.credentials)
     if username is None:
         raise NotAuthenticated("the token is unknown or has expired; log in again")
     return username
