@@ -39,7 +39,7 @@ class Payload:
     payload_size: int
     payload_sha256: str
     # Small payloads are bytes; spooled ones a read-only mapping of their unlinked spool file,
-    # which nothing else can write (see Reassembler._complete).
+    # which nothing else can write (see Reassembler._hand_over).
     data: bytes | mmap.mmap
 
 
@@ -323,10 +323,11 @@ class Reassembler:
         """The payload as callers get it: immutable, and held by nothing else.
 
         In memory: one bytes object of its size (the store is freed after). Spooled: a read-only
-        mapping of the file instead of a copy on the heap. The file is unlinked and its only
-        descriptor is closed after this, so no one can change the bytes under the mapping; its
-        pages are the kernel's cache until read (see streams.pages), and the file's space is
-        freed when the mapping is dropped.
+        mapping of the file instead of a copy on the heap. The file is unlinked and the spool's
+        descriptor is closed after this; the mapping keeps a duplicate of it (Python's mmap does)
+        that no code writes through, so nothing changes the bytes under the mapping. Its pages
+        are the kernel's cache until read (see streams.pages), and the file's space is freed
+        when the mapping is dropped.
         """
         if isinstance(store, _Spool) and store.size > 0:
             return store.mapped()
