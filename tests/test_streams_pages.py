@@ -12,7 +12,7 @@ import pytest
 
 from ml.strategies.fedavg import RunningAverage, template_of
 from schema.envelope import MAX_CHUNK_BYTES
-from streams.codec import bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
+from streams.codec import CodecError, bundle_to_weights, decode_bundle, encode_bundle, keras_weights_to_bundle
 from streams.framing import Payload, Reassembler, split
 from streams.pages import FilePages
 
@@ -94,3 +94,16 @@ def test_release_gives_back_whole_pages_around_the_range_and_never_past_the_mapp
     pages.release(10, 11)
 
     assert np.array_equal(array, sent[0])  # read back from the file after its pages were given back
+
+
+def test_a_spooled_payload_that_is_not_a_bundle_is_refused_by_name_and_the_next_one_decodes() -> None:
+    """Garbage with a matching sha256 (a member's own bytes) reaches the decoder as a mapping: it
+    gets a CodecError naming what is wrong, and a good payload after it decodes as before."""
+    garbage = reassembled(b"NOT A BUNDLE" + bytes(50_000), spool_over_bytes=1000)
+    sent = weights(np.random.default_rng(4), (4000,))
+    good = reassembled(encode_bundle(keras_weights_to_bundle(sent)), spool_over_bytes=1000)
+
+    assert isinstance(garbage.data, mmap.mmap)
+    with pytest.raises(CodecError, match="bad magic"):
+        decode_bundle(garbage.data)
+    assert np.array_equal(bundle_to_weights(decode_bundle(good.data))[0], sent[0])
