@@ -6,24 +6,28 @@ p50/p99 latency, next to the raw single-row INSERT rate of the same database.
 
     .venv/bin/python bench/api_bench.py [--clients 32] [--ops 20] [--client-procs K] [--workers N] [--json FILE]
 
-With --client-procs K the clients are spread over K worker processes (each runs its
-share as threads; latencies are merged, the wall time runs from the first start to the
-last finish), so one Python process's HTTP client does not cap the rate it measures.
-With --json FILE it also writes the rows as a JSON list of objects with the keys
-operation, ops_per_s, p50_ms, p99_ms and api_cpu_ms_per_op (to compare runs before and after
-a change).
+Each client is one thread holding one keep-alive connection, spoken to with the standard
+library's http.client: about 0.3 ms of CPU a request, where httpx spent about 4 ms per join
+under 32 threads, so the bench measured its own client as much as the API. With
+--client-procs K the clients are spread over K worker processes (each runs its share as
+threads; latencies are merged, the wall time runs from the first start to the last finish).
+With --json FILE it also writes the rows as a JSON list of objects with the keys operation,
+ops_per_s, p50_ms, p99_ms, api_cpu_ms_per_op, db_cpu_ms_per_op and machine_cpu_ms_per_op (to
+compare runs before and after a change).
 
 On this kind of machine (client, API, broker and database sharing two cores) the rate is
-bounded by CPU, so each API row also shows the CPU time the API's processes (all its
-workers) spent per operation, read from /proc before and after the phase: the number a
-change to the request path has to move. Latency follows from the rate: C clients that each
-wait for their answer keep C requests in flight, so the mean latency is C / (ops/s).
+bounded by CPU, so each API row also shows where the CPU went, per operation, read from /proc
+before and after the phase: the API's processes (all its workers: the number a change to the
+request path has to move), PostgreSQL's, and the whole machine's (the rest is the clients, the
+broker and the kernel; with --client-procs, also the start of the client processes). Latency follows from the rate: C clients that each wait for their
+answer keep C requests in flight, so the mean latency is C / (ops/s).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import multiprocessing
 import os
@@ -35,8 +39,10 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -55,16 +61,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-Row = tuple[str, int, float, list[float], float | None]  # label, count, wall s, latencies, API CPU s
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds spent during a phase: by the API's processes, by PostgreSQL's, by the machine."""
+
+    api: float
+    db: float
+    machine: float
+
+
+Row = tuple[str, int, float, list[float], Cpu | None]  # label, count, wall s, latencies, CPU
 
 
 def summarise(row: Row) -> dict[str, Any]:
     """One table row as the JSON object --json writes."""
-    label, count, wall, latencies, cpu_s = row
+    label, count, wall, latencies, cpu = row
+
+    def per_op(seconds: float | None) -> float | None:
+        return None if seconds is None else round(seconds / count * 1000, 2)
+
     return {"operation": label, "ops_per_s": round(count / wall, 1),
             "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
             "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
-            "api_cpu_ms_per_op": None if cpu_s is None else round(cpu_s / count * 1000, 2)}
+            "api_cpu_ms_per_op": per_op(cpu and cpu.api), "db_cpu_ms_per_op": per_op(cpu and cpu.db),
+            "machine_cpu_ms_per_op": per_op(cpu and cpu.machine)}
+
+
+def _processes() -> dict[int, tuple[str, int, float]]:
+    """Every process alive now: pid -> (command name, parent pid, CPU seconds used so far)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # The command name (field 2) may hold spaces; the fields after its ')' do not.
+        name = text[text.find("(") + 1:text.rfind(")")]
+        fields = text.rpartition(")")[2].split()
+        found[int(stat.parent.name)] = (name, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return found
 
 
 def tree_cpu_s(pid: int) -> float | None:
@@ -72,29 +108,41 @@ def tree_cpu_s(pid: int) -> float | None:
 
     Linux only (/proc); None elsewhere. The API's uvicorn workers are children of its supervisor.
     """
-    proc = Path("/proc")
-    if not (proc / str(pid) / "stat").exists():
+    processes = _processes()
+    if pid not in processes:
         return None
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            # The command name (field 2) may hold spaces; the fields after its ')' do not.
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:  # the process ended while we looked
-            continue
-        child = int(stat.parent.name)
-        parents[child] = int(fields[1])
-        times[child] = (int(fields[11]) + int(fields[12])) / tick
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        for child, its_parent in parents.items():
+        for child, (_, its_parent, _) in processes.items():
             if its_parent == parent and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return sum(times.get(p, 0.0) for p in tree)
+    return sum(processes[p][2] for p in tree)
+
+
+def cpu_now(api_pid: int) -> Cpu | None:
+    """CPU used so far by the API's tree, by every `postgres` process, and by the whole machine.
+
+    None where /proc is not there. Processes that end during a phase take their time with them,
+    so PostgreSQL's figure counts the backends that live through it (the API's pooled ones do).
+    """
+    api = tree_cpu_s(api_pid)
+    if api is None:
+        return None
+    db = sum(cpu for name, _, cpu in _processes().values() if name == "postgres")
+    # The first line of /proc/stat: time in each CPU state since boot, in ticks; idle and iowait
+    # are the 4th and 5th.
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return Cpu(api, db, busy)
+
+
+def cpu_spent(before: Cpu | None, after: Cpu | None) -> Cpu | None:
+    """What was spent between two readings."""
+    if before is None or after is None:
+        return None
+    return Cpu(after.api - before.api, after.db - before.db, after.machine - before.machine)
 
 
 def run_concurrently(clients: int, work: Callable[[int], list[float]],
@@ -155,13 +203,33 @@ def _client_process(clients: int, work: Callable[[int], list[float]], indices: r
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def timed(call: Callable[[], httpx.Response], expect: int) -> float:
-    began = time.perf_counter()
-    response = call()
-    elapsed = time.perf_counter() - began
-    if response.status_code != expect:
-        raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
-    return elapsed
+class Client:
+    """One bench client: a keep-alive HTTP/1.1 connection and a bearer token (http.client, so the
+    client's own CPU stays small beside the API's)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self._connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def timed_post(self, path: str, expect: int, body: Any = None) -> float:
+        """POST `body` as JSON (or nothing); the seconds until the whole answer was read."""
+        headers = dict(self._headers)
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        began = time.perf_counter()
+        self._connection.request("POST", path, body=payload, headers=headers)
+        response = self._connection.getresponse()
+        text = response.read()
+        elapsed = time.perf_counter() - began
+        if response.status != expect:
+            raise RuntimeError(f"POST {path}: expected {expect}, got {response.status}: {text[:300]!r}")
+        return elapsed
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 def register_all(url: str, count: int, run: str) -> list[tuple[str, str]]:
@@ -178,22 +246,24 @@ def register_all(url: str, count: int, run: str) -> list[tuple[str, str]]:
 
 def create_ops(url: str, users: list[tuple[str, str]], run: str, ops: int, i: int) -> list[float]:
     """Client i creates `ops` tasks; their latencies."""
-    with httpx.Client(base_url=url, timeout=60,
-                      headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
-        return [timed(lambda k=k: http.post("/v1/tasks", json={
+    client = Client(url, users[i][1])
+    try:
+        return [client.timed_post("/v1/tasks", 201, {
             "name": f"t{run}-{i}-{k}",
-            "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp",
-                           "max_participants": len(users)}}), 201)
+            "definition": {"quorum": 1, "rounds": 1, "model": "digits-mlp", "max_participants": len(users)}})
             for k in range(ops)]
+    finally:
+        client.close()
 
 
 def join_ops(url: str, users: list[tuple[str, str]], run: str, ops: int, i: int) -> list[float]:
     """Client i joins the `ops` tasks of the next user; their latencies."""
     owner = (i + 1) % len(users)
-    with httpx.Client(base_url=url, timeout=60,
-                      headers={"Authorization": f"Bearer {users[i][1]}"}) as http:
-        return [timed(lambda k=k: http.post(f"/v1/tasks/t{run}-{owner}-{k}/join"), 200)
-                for k in range(ops)]
+    client = Client(url, users[i][1])
+    try:
+        return [client.timed_post(f"/v1/tasks/t{run}-{owner}-{k}/join", 200) for k in range(ops)]
+    finally:
+        client.close()
 
 
 def bench_api(url: str, clients: int, ops: int, run: str, procs: int = 1,
@@ -202,11 +272,10 @@ def bench_api(url: str, clients: int, ops: int, run: str, procs: int = 1,
     rows: list[Row] = []
     phases = [("create task (POST /v1/tasks)", create_ops), ("join (POST /v1/tasks/{name}/join)", join_ops)]
     for label, operation in phases:
-        cpu_before = tree_cpu_s(api_pid) if api_pid else None
+        before = cpu_now(api_pid) if api_pid else None
         latencies, wall = run_concurrently(clients, functools.partial(operation, url, users, run, ops), procs)
-        cpu_after = tree_cpu_s(api_pid) if api_pid else None
-        cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-        rows.append((label, len(latencies), wall, latencies, cpu))
+        after = cpu_now(api_pid) if api_pid else None
+        rows.append((label, len(latencies), wall, latencies, cpu_spent(before, after)))
     return rows
 
 
@@ -273,14 +342,15 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
     header = (f"| {'operation':<38} | {'ops':>5} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} "
-              f"| {'API CPU ms/op':>13} |")
+              f"| {'API CPU ms/op':>13} | {'DB CPU ms/op':>12} | {'machine CPU ms/op':>17} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for (label, count, *_), summary in zip(rows, table, strict=True):
-        cpu = summary["api_cpu_ms_per_op"]
+        cpu = [summary[key] for key in ("api_cpu_ms_per_op", "db_cpu_ms_per_op", "machine_cpu_ms_per_op")]
+        shown = ["" if value is None else f"{value:.2f}" for value in cpu]
         print(f"| {label:<38} | {count:>5} | {summary['ops_per_s']:>8.1f} | "
               f"{summary['p50_ms']:>7.1f} | {summary['p99_ms']:>7.1f} | "
-              f"{'' if cpu is None else f'{cpu:.2f}':>13} |")
+              f"{shown[0]:>13} | {shown[1]:>12} | {shown[2]:>17} |")
     print(f"(mean create latency {statistics.mean(rows[0][3]) * 1000:.1f} ms; create includes two "
           "topic creations on the broker)")
     return 0
