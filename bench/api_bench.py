@@ -19,8 +19,9 @@ On this kind of machine (client, API, broker and database sharing two cores) the
 bounded by CPU, so each API row also shows where the CPU went, per operation, read from /proc
 before and after the phase: the API's processes (all its workers: the number a change to the
 request path has to move), PostgreSQL's, and the whole machine's (the rest is the clients, the
-broker and the kernel; with --client-procs, also the start of the client processes). Latency follows from the rate: C clients that each wait for their
-answer keep C requests in flight, so the mean latency is C / (ops/s).
+broker and the kernel; with --client-procs, also the start of the client processes).
+Latency follows from the rate: C clients that each wait for their answer keep C requests in
+flight, so the mean latency is C / (ops/s).
 """
 
 from __future__ import annotations
