@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api import queries
@@ -42,7 +43,8 @@ def register(body: RegisterUser, request: Request, services: ServicesDep,
 async def token(request: Request, services: ServicesDep) -> dict[str, Any]:
     """A bearer token, from form fields or JSON `{username, password}`; 401 on a wrong pair."""
     credentials = await _read_credentials(request)
-    return services.accounts.login(credentials.username, credentials.password)
+    # argon2 and the database, off the event loop: every other request waits while it runs.
+    return await run_in_threadpool(services.accounts.login, credentials.username, credentials.password)
 
 
 @router.get("/v1/users/me", summary="Who am I")
