@@ -10,6 +10,7 @@ after the other.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -195,6 +196,30 @@ def test_a_session_takes_the_lock_only_when_it_writes(store: CountingStore) -> N
         assert not session.locked
         session.append(unique("write"), ANY, [joined("a")])
         assert session.locked
+
+
+def test_storing_a_model_leaves_the_log_to_other_writers(store: CountingStore) -> None:
+    """A model artifact (40 MB at 10M parameters) is written without the append lock: while its
+    transaction is still open, another command appends and commits. Before, the upload held the
+    lock until its commit, and every command of every task waited about a second per round."""
+    task, content = unique("task"), bytes(range(256)) * 20_000
+    digest = hashlib.sha256(content).hexdigest()
+    with store.session() as session:
+        assert isinstance(session, PostgresSession)
+        session.store_artifact(task, digest, content)
+        session.remember_response(unique("actor"), unique("key"), "request", 201, {"sha256": digest})
+        assert not session.locked
+        with store.connection() as other:
+            held = other.execute(
+                "SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                " WHERE c.relname = 'events' AND l.mode = 'ExclusiveLock' AND l.pid = %s",
+                (session.conn.info.backend_pid,)).fetchone()
+        assert held is not None and held["n"] == 0
+        beside = store.append(unique("beside"), ANY, [joined("a")])
+    with store.session() as session:
+        assert session.artifact_size(task, digest) == len(content)
+    assert [r.position for r in store.read_all(beside[0].position - 1, 1)] == [beside[0].position]
+    assert store.verify().ok
 
 
 def test_an_aborted_pipeline_reports_the_write_that_failed() -> None:

@@ -235,7 +235,10 @@ class Session(ABC):
 
     @abstractmethod
     def store_artifact(self, task_id: str, sha256: str, content: bytes) -> None:
-        """Keep model bytes under their digest (a repeat is a no-op)."""
+        """Keep model bytes under their digest (a repeat is a no-op).
+
+        It takes no append lock (a blob is not part of the chain), so a command that stores
+        one must append nothing after it."""
 
 
 class EventStore(ABC):

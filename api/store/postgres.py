@@ -1,7 +1,8 @@
 """The event store on PostgreSQL: appends, reads, the hash chain, idempotency.
 
 Every write happens inside a `PostgresSession`: one transaction that takes an
-EXCLUSIVE lock on `events` before its first write and holds it to the commit. Why a
+EXCLUSIVE lock on `events` before its first write and holds it to the commit (a
+model artifact, a blob outside the chain, is written without it: `store_artifact`). Why a
 table lock: the log is a single hash chain and readers tail it by position, so
 positions must be handed out in commit order, and each event's hash chains on the
 previous position's. A lock held from the first write to the commit is simpler and
@@ -79,9 +80,11 @@ class PostgresSession(Session):
     def lock(self) -> None:
         """Take the append lock (once) and keep it until the transaction ends.
 
-        Every write goes through here first, so writers never hold row locks while
-        waiting for each other's table lock (no deadlock), and the position read next
-        is the last committed one: positions follow commit order.
+        Every write that may be followed by an append goes through here first, so a
+        writer never holds row locks while it waits for the table lock (no deadlock), and
+        the position read next is the last committed one: positions follow commit order.
+        The writes that skip it (`store_artifact`, and `remember_response` in a command
+        that appended nothing) are the last a command makes: nothing after them waits.
         """
         if not self.locked:
             # From the lock on, statements queue in a pipeline: a read still waits for its
@@ -181,7 +184,9 @@ class PostgresSession(Session):
 
     def remember_response(self, actor: str, key: str, request_hash: str, status_code: int,
                           response: Any) -> None:
-        self.lock()
+        # The last write of a command (see `Commands._attempt`). After an append it runs under
+        # the lock; in a command that appended nothing it needs none, and since nothing follows
+        # it, this transaction never waits for the lock while holding the row.
         self.conn.execute(
             "INSERT INTO idempotency_keys (actor, key, request_hash, status_code, response)"
             " VALUES (%s, %s, %s, %s, %s)",
@@ -222,7 +227,10 @@ class PostgresSession(Session):
         return int(row["size"]) if row else None
 
     def store_artifact(self, task_id: str, sha256: str, content: bytes) -> None:
-        self.lock()
+        # No append lock: an artifact is a blob outside the chain, and writing 40 MB under the
+        # lock stalled every command of every task for the second it took (several at 200 MB).
+        # The one wait it can meet is another upload of the same blob, which takes no lock
+        # either (store_model appends nothing), so no wait closes a cycle with a lock holder.
         self.conn.execute(
             "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (task_id, sha256) DO NOTHING",
