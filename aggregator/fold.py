@@ -13,7 +13,7 @@ import numpy as np
 
 from aggregator.verify import Accepted, metrics_problem
 from ml.standardise import Moments
-from ml.strategies import Strategy, check_update
+from ml.strategies import Strategy
 from ml.strategies.fedavg import UpdateRejected
 from schema.dataplane import StatsMeta, UpdateMeta
 from streams.codec import CodecError, bundle_to_weights
@@ -43,12 +43,15 @@ def fold_update(average: Strategy, accepted: Accepted, sample_cap: int | None = 
         weights = bundle_to_weights(accepted.bundle)
     except CodecError as exc:
         return Refused(f"malformed update: {exc}")
-    problem = check_update(average.template, weights) or metrics_problem(meta)
+    problem = metrics_problem(meta)
     if problem:
         return Refused(problem)
     try:
+        # Every strategy checks what it is given (`check_update`: arrays, shapes, dtypes, all
+        # finite) before it folds a byte, and says why it refuses. Checked here as well, a 40 MB
+        # update was read once more, only to be checked again.
         average.add(weights, meta.samples)
-    except UpdateRejected as exc:  # a strategy's own checks (K-means: counts must add up)
+    except UpdateRejected as exc:
         return Refused(str(exc))
     return meta
 

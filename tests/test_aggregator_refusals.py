@@ -201,3 +201,59 @@ def test_envelope_problem_finds_nothing_wrong_with_a_fitting_envelope() -> None:
 
     assert envelope_problem(payload, TASK, 1, dataplane.UPDATE, PEOPLE, set()) is None
     assert envelope_problem(payload, TASK, 1, dataplane.STATS, PEOPLE, set()) is not None
+
+
+def _nan_update(template: Any, samples: int = 10) -> Accepted:
+    """An update of the template's shapes and dtypes whose first array holds a NaN."""
+    arrays = [np.ones(spec.shape, dtype=spec.dtype) for spec in template]
+    arrays[0].reshape(-1)[-1] = np.nan
+    meta = UpdateMeta(samples=samples, test_samples=0, metrics={}).model_dump()
+    return Accepted("john", "m-1", keras_weights_to_bundle(arrays, meta))
+
+
+@pytest.mark.parametrize("definition", [
+    {}, {"aggregation": "median"}, {"aggregation": "trimmed_mean", "trim": 0.2}, {"clip_norm": 1.0},
+    {"clip_norm": 1.0, "noise_multiplier": 0.5}, {"algorithm": "linear_regression"},
+])
+def test_every_strategy_refuses_a_non_finite_update_itself(definition: dict[str, Any]) -> None:
+    """fold_update leaves the content check to the strategy: each one refuses NaN, folds nothing."""
+    average = for_round(definition, GLOBAL)
+
+    outcome = fold_update(average, _nan_update(average.template))
+
+    assert outcome == Refused("array 0 holds NaN or infinite values")
+    assert average.count == 0
+
+
+def test_k_means_refuses_a_non_finite_update_itself() -> None:
+    """The K-means strategy checks its statistics too (a NaN sum would poison every centroid)."""
+    from ml.kmeans import ClusterSums, update_template
+
+    folded = ClusterSums(update_template(1, 2, 2))
+    outcome = fold_update(folded, _nan_update(folded.template, samples=40))
+
+    assert outcome == Refused("array 0 holds NaN or infinite values")
+    assert folded.count == 0
+
+
+def test_an_update_is_checked_for_finiteness_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each array is scanned once on its way into the average (it was twice: fold_update, then
+    RunningAverage.add), and the folded result is the update's."""
+    from ml.strategies import fedavg
+
+    scanned: list[int] = []
+    real = fedavg.all_finite
+
+    def counting(array: np.ndarray) -> bool:
+        scanned.append(array.size)
+        return real(array)
+
+    monkeypatch.setattr(fedavg, "all_finite", counting)
+    average = for_round({}, GLOBAL)
+    checker, _ = gate()
+    accepted = checker.accept(delivery(update()), 1, dataplane.UPDATE, done=set())
+    assert accepted is not None
+
+    assert isinstance(fold_update(average, accepted), UpdateMeta)
+    assert scanned == [w.size for w in GLOBAL]
+    assert all(np.all(w == 1) for w in average.result())

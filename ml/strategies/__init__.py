@@ -42,7 +42,8 @@ class Strategy(Protocol):
         """Updates folded so far."""
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
-        """Fold one participant's checked weights, trained on `samples` samples."""
+        """Fold one participant's weights, trained on `samples` samples; UpdateRejected, saying
+        why, and nothing folded, if they fail `check_update` or the strategy's own checks."""
 
     def result(self) -> list[Array]:
         """The next global weights (ValueError if no update was added)."""
