@@ -79,8 +79,8 @@ class Settings:
     topic_retention_s: float
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Threads that run the blocking work of requests (database, broker admin). Few suit a small
-    # machine: each thread more contends for the one GIL, and 32 clients ran 25 % fewer joins a
-    # second with 40 threads (anyio's default) than with 8.
+    # machine: each thread more contends for the one GIL, and 32 clients ran about 20 % fewer
+    # joins a second with 40 threads (anyio's default) than with 8 (bench/api_bench.py).
     api_threads: int = 8
 
     @property

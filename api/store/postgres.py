@@ -229,8 +229,8 @@ class PostgresSession(Session):
     def store_artifact(self, task_id: str, sha256: str, content: bytes) -> None:
         # No append lock: an artifact is a blob outside the chain, and writing 40 MB under the
         # lock stalled every command of every task for the second it took (several at 200 MB).
-        # The one wait it can meet is another upload of the same blob, which takes no lock
-        # either (store_model appends nothing), so no wait closes a cycle with a lock holder.
+        # The one wait it can meet is on another upload of the same blob, and that transaction
+        # never waits for the lock (store_model appends nothing), so no wait closes a cycle.
         self.conn.execute(
             "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (task_id, sha256) DO NOTHING",
