@@ -222,6 +222,28 @@ def test_trimmed_mean_trims_per_coordinate_and_never_everything() -> None:
     assert folded({"aggregation": "trimmed_mean", "trim": 0.4}, [1.0, 3.0]) == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("definition", [{"aggregation": "median"}, {"aggregation": "trimmed_mean", "trim": 0.34}])
+def test_a_robust_rule_spools_an_update_without_copying_it(definition: dict[str, object]) -> None:
+    """Each 4 MB update is written to the spool from its own memory (read-only, as a mapped
+    update is): Python allocates well under one update's size for it, where `.tobytes()` made a
+    4 MB copy, and the result is still the middle value of each coordinate."""
+    import tracemalloc
+
+    global_weights = [np.zeros(1_000_000, np.float32), np.zeros(3, np.float32)]
+    strategy = for_round(definition, global_weights)
+    peaks = []
+    for value in (1.0, 5.0, 2.0):
+        update = [np.full_like(w, value) for w in global_weights]
+        for array in update:
+            array.flags.writeable = False
+        tracemalloc.start()
+        strategy.add(update, 10)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert max(peaks) < 1_000_000, peaks
+    assert [float(r[0]) for r in strategy.result()] == [2.0, 2.0]
+
+
 def test_clip_norm_bounds_each_updates_step_from_the_global_model() -> None:
     """An update's difference from the global model is scaled to clip_norm when longer."""
     global_weights = [np.zeros((3,), np.float32), np.zeros((1,), np.float32)]

@@ -39,7 +39,10 @@ class _Spooled:
         if reason is not None:
             raise UpdateRejected(reason)
         for array in weights:
-            self._file.write(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+            # The array's own memory, written as it is (float32 already, as Keras models are):
+            # `.tobytes()` made a copy of the update only to write it.
+            flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+            self._file.write(flat.data.cast("B"))
         self.count += 1
 
     def result(self) -> list[Array]:
