@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.strategies.fedavg import ArraySpec, Template, UpdateRejected, check_update
+from ml.strategies.fedavg import ArraySpec, Template, UpdateRejected, require_fit
 from schema.dataplane import KMeansMeta
 from streams.codec import ArrayBundle, decode_bundle, encode_bundle
 
@@ -182,9 +182,7 @@ class ClusterSums:
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Fold one participant's statistics; UpdateRejected if they cannot be right."""
-        reason = check_update(self.template, weights)
-        if reason is not None:
-            raise UpdateRejected(reason)
+        require_fit(self.template, weights)
         sums, counts, inertia = (np.asarray(w) for w in weights)
         if np.any(counts < 0) or np.any(inertia < 0):
             raise UpdateRejected("negative cluster counts or inertia")

@@ -21,7 +21,7 @@ from typing import Any
 import dp_accounting
 import numpy as np
 
-from ml.strategies.fedavg import UpdateRejected, check_update, template_of
+from ml.strategies.fedavg import require_fit, template_of
 from schema.privacy import DEFAULT_DELTA
 
 Array = np.ndarray[Any, Any]
@@ -100,9 +100,7 @@ class NoisySum:
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Fold one checked update's clipped difference (its sample count is not used)."""
-        reason = check_update(self.template, weights)
-        if reason is not None:
-            raise UpdateRejected(reason)
+        require_fit(self.template, weights)
         clipped, _ = clip([np.asarray(w, np.float64) - g for w, g in zip(weights, self.global_weights)],
                           self.clip_norm)
         for total, part in zip(self._sum, clipped):

@@ -52,6 +52,14 @@ def check_update(template: Template, weights: Sequence[np.ndarray]) -> str | Non
     return None
 
 
+def require_fit(template: Template, weights: Sequence[np.ndarray]) -> None:
+    """Raise UpdateRejected, saying why, unless `check_update` passes: every strategy's `add`
+    calls this before it folds a byte."""
+    reason = check_update(template, weights)
+    if reason is not None:
+        raise UpdateRejected(reason)
+
+
 def all_finite(array: np.ndarray) -> bool:
     """Whether every element is finite, checked a block at a time: `np.isfinite(array)` whole
     would make a boolean temporary of the array's length (10 MB for a 10M-weight layer)."""
@@ -75,9 +83,7 @@ class RunningAverage:
             raise UpdateRejected(f"sample count must be a positive integer, got {samples!r}")
         if self._result is not None:
             raise ValueError("the fold has ended: its sums became the result")
-        reason = check_update(self.template, weights)
-        if reason is not None:
-            raise UpdateRejected(reason)
+        require_fit(self.template, weights)
         for total, array in zip(self._sums, weights):
             fold_into(total, array, float(samples))
         self.count += 1

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.strategies.fedavg import ArraySpec, Template, UpdateRejected, check_update
+from ml.strategies.fedavg import ArraySpec, Template, UpdateRejected, require_fit
 
 Array = np.ndarray[Any, Any]
 
@@ -94,9 +94,7 @@ class NewtonStep:
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Fold one participant's gradient, Hessian and loss; UpdateRejected if they cannot be."""
-        reason = check_update(self.template, weights)
-        if reason is not None:
-            raise UpdateRejected(reason)
+        require_fit(self.template, weights)
         gradient, hessian, loss = (np.asarray(w, dtype=np.float64) for w in weights)
         if not np.allclose(hessian, hessian.T, rtol=1e-9, atol=1e-9 * (1.0 + np.abs(hessian).max())):
             raise UpdateRejected("the Hessian is not symmetric")

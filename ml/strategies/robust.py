@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.strategies.fedavg import Template, UpdateRejected, check_update
+from ml.strategies.fedavg import Template, require_fit
 
 Array = np.ndarray[Any, Any]
 # Coordinates per block when the result is computed: N × 1M × 4 bytes of memory per block.
@@ -35,9 +35,7 @@ class _Spooled:
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Append one checked update (its sample count is not used by a robust rule)."""
-        reason = check_update(self.template, weights)
-        if reason is not None:
-            raise UpdateRejected(reason)
+        require_fit(self.template, weights)
         for array in weights:
             # The array's own memory, written as it is (float32 already, as Keras models are):
             # `.tobytes()` made a copy of the update only to write it.
@@ -102,9 +100,7 @@ class Clipped:
 
     def add(self, weights: Sequence[Array], samples: int) -> None:
         """Fold `global + delta × min(1, clip_norm / ‖delta‖)`."""
-        reason = check_update(self.template, weights)
-        if reason is not None:
-            raise UpdateRejected(reason)
+        require_fit(self.template, weights)
         norm = math.sqrt(sum(float(np.sum(np.square(w.astype(np.float64) - g, dtype=np.float64)))
                              for w, g in zip(weights, self.global_weights)))
         scale = min(1.0, self.clip_norm / norm) if norm > 0 else 1.0
