@@ -66,6 +66,9 @@ def _kafka_security() -> KafkaSecurity:
         raise SettingsError(f"environment variable {exc}") from exc
 
 
+DEFAULT_API_THREADS = 8
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the API process reads from its environment."""
@@ -81,7 +84,7 @@ class Settings:
     # Threads that run the blocking work of requests (database, broker admin). Few suit a small
     # machine: each thread more contends for the one GIL, and 32 clients ran about 20 % fewer
     # joins a second with 40 threads (anyio's default) than with 8 (bench/api_bench.py).
-    api_threads: int = 8
+    api_threads: int = DEFAULT_API_THREADS
 
     @property
     def broker(self) -> Broker:
@@ -109,6 +112,6 @@ class Settings:
             relay_enabled=_read("MUSKETEER_RELAY", True, _flag),
             db_pool_size=_read("MUSKETEER_DB_POOL_SIZE", 10, _positive_int),
             topic_retention_s=_read("MUSKETEER_TOPIC_RETENTION_S", 3600.0, _non_negative_float),
-            api_threads=_read("MUSKETEER_API_THREADS", 8, _positive_int),
+            api_threads=_read("MUSKETEER_API_THREADS", DEFAULT_API_THREADS, _positive_int),
             kafka_security=_kafka_security(),
         )

@@ -104,12 +104,13 @@ def _processes() -> dict[int, tuple[str, int, float]]:
     return found
 
 
-def tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by process `pid` and its descendants alive now.
+def tree_cpu_s(pid: int, processes: dict[int, tuple[str, int, float]] | None = None) -> float | None:
+    """CPU seconds (user + system) used so far by process `pid` and its descendants alive now
+    (in `processes`, read from /proc when not given).
 
     Linux only (/proc); None elsewhere. The API's uvicorn workers are children of its supervisor.
     """
-    processes = _processes()
+    processes = _processes() if processes is None else processes
     if pid not in processes:
         return None
     tree, frontier = {pid}, [pid]
@@ -128,10 +129,11 @@ def cpu_now(api_pid: int) -> Cpu | None:
     None where /proc is not there. Processes that end during a phase take their time with them,
     so PostgreSQL's figure counts the backends that live through it (the API's pooled ones do).
     """
-    api = tree_cpu_s(api_pid)
+    processes = _processes()  # one walk of /proc for both figures
+    api = tree_cpu_s(api_pid, processes)
     if api is None:
         return None
-    db = sum(cpu for name, _, cpu in _processes().values() if name == "postgres")
+    db = sum(cpu for name, _, cpu in processes.values() if name == "postgres")
     # The first line of /proc/stat: time in each CPU state since boot, in ticks; idle and iowait
     # are the 4th and 5th.
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
