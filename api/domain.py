@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.store.contract import TASK_STREAM_PREFIX
 from schema.events import (
     Event,
     ParticipantJoined,
@@ -25,7 +26,7 @@ from schema.lifecycle import TaskStatus
 
 def task_stream(task_id: str) -> str:
     """The stream id of a task."""
-    return f"task-{task_id}"
+    return f"{TASK_STREAM_PREFIX}{task_id}"
 
 
 def user_stream(username: str) -> str:

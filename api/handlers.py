@@ -68,8 +68,7 @@ def request_digest(command: str, payload: Any) -> str:
 
 def load_task(session: Session, name: str) -> TaskState:
     """The task's state folded from its events; NotFound if no such task."""
-    task_id = session.task_id(name)
-    state = fold(session.read_stream(task_stream(task_id))) if task_id else None
+    state = fold(session.task_events(name))
     if state is None:
         raise NotFound(f"task '{name}' does not exist", {"task": name})
     return state

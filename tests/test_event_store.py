@@ -225,6 +225,23 @@ class EventStoreContract:
         assert [m.username for m in after_two.members] == ["john"]
         assert after_two.version == 2
 
+    def test_a_tasks_events_are_found_by_its_name(self, store: EventStore) -> None:
+        """A session reads a task's stream by the task's name (the Postgres store in one query):
+        that stream's events in version order, none of another task's, [] for an unknown name."""
+        ours, theirs = unique("mine").replace("-", ""), unique("other").replace("-", "")
+        store.append(f"task-{ours}", NO_STREAM, [created(ours, "alice"), joined("john")])
+        store.append(f"task-{theirs}", NO_STREAM, [created(theirs, "bob")])
+        store.append(f"task-{ours}", 2, [joined("jack")])
+        [first, *_] = store.read_stream(f"task-{ours}")
+        with store.session() as session:
+            found = session.task_events(first.data["name"])
+            assert session.task_events("no-such-task") == []
+            assert session.task_events("x' OR '1'='1") == []
+        assert [(e.stream_id, e.version, e.type) for e in found] == [
+            (f"task-{ours}", 1, "TaskCreated"), (f"task-{ours}", 2, "ParticipantJoined"),
+            (f"task-{ours}", 3, "ParticipantJoined")]
+        assert [e.hash for e in found] == [e.hash for e in store.read_stream(f"task-{ours}")]
+
 
 class TestMemoryEventStore(EventStoreContract):
     """The contract against the in-memory store (the handlers' unit tests use it)."""

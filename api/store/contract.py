@@ -181,6 +181,10 @@ class RebuildReport:
         return not self.differences
 
 
+# A task's events form the stream "task-<task id>" (api.domain.task_stream).
+TASK_STREAM_PREFIX = "task-"
+
+
 class Session(ABC):
     """One command's transaction: what a handler may read and write, all committed together."""
 
@@ -212,6 +216,11 @@ class Session(ABC):
     @abstractmethod
     def task_id(self, name: str) -> str | None:
         """The id of the task with this name, if any."""
+
+    def task_events(self, name: str) -> list[RecordedEvent]:
+        """The events of the task with this name in version order; [] if there is no such task."""
+        task_id = self.task_id(name)
+        return self.read_stream(f"{TASK_STREAM_PREFIX}{task_id}") if task_id else []
 
     @abstractmethod
     def organization(self, username: str) -> str | None:

@@ -46,7 +46,7 @@ from api.store.contract import (
     seal,
     unsealed,
 )
-from api.store.sql import read_all_from, read_stream, verify_chain
+from api.store.sql import read_all_from, read_stream, read_task_stream, verify_chain
 from schema.events import RecordedEvent
 
 NOTIFY_CHANNEL = "musketeer_events"
@@ -196,6 +196,9 @@ class PostgresSession(Session):
     def task_id(self, name: str) -> str | None:
         row = self.conn.execute("SELECT task_id FROM tasks WHERE name = %s", (name,)).fetchone()
         return str(row["task_id"]) if row else None
+
+    def task_events(self, name: str) -> list[RecordedEvent]:
+        return read_task_stream(self.conn, name)
 
     def organization(self, username: str) -> str | None:
         row = self.conn.execute(

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from api.store.contract import ChainReport, StoredRow, walk_chain
+from api.store.contract import TASK_STREAM_PREFIX, ChainReport, StoredRow, walk_chain
 from schema.events import RecordedEvent
 
 Conn = psycopg.Connection[Any]
@@ -35,6 +35,14 @@ def read_stream(conn: Conn, stream_id: str, limit: int | None = None) -> list[Re
         params = (stream_id, limit)
     with conn.cursor(row_factory=dict_row) as cur:
         return [_recorded(row) for row in cur.execute(query, params).fetchall()]
+
+
+def read_task_stream(conn: Conn, name: str) -> list[RecordedEvent]:
+    """The events of the task with this name, in version order ([] if none), in one round trip."""
+    query = (_SELECT + " WHERE stream_id = (SELECT %s || task_id FROM tasks WHERE name = %s)"
+             " ORDER BY version")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [_recorded(row) for row in cur.execute(query, (TASK_STREAM_PREFIX, name)).fetchall()]
 
 
 def read_all_from(conn: Conn, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
