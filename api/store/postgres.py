@@ -57,7 +57,7 @@ _HEAD = (
     " (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"
 )
 
-_APPEND = "SELECT out_position, out_hash FROM musketeer_append(%s, %s, %s, %s, %s, %s, %s, %s)"
+_APPEND = "SELECT out_position, out_hash FROM musketeer_append(%s, %s, %b, %b, %b, %b, %b, %b)"
 # The SQLSTATE musketeer_append raises when the stream is not at the expected version.
 _VERSION_CONFLICT = "MU409"
 
