@@ -15,7 +15,13 @@ Starts its own broker (unless --bootstrap is given) and API process on a fresh
 database of the local PostgreSQL, and removes them at the end.
 
     .venv/bin/python bench/round_bench.py [--rounds 3] [--params 1000000,10000000]
-                                          [--participants 2,8] [--serialise-sends] [--json FILE]
+                                          [--participants 2,8] [--serialise-sends] [--scale S]
+                                          [--json FILE]
+
+With the default --scale 1 the participants send the weights back unchanged, so from round 2
+on each round's model is the one already stored: it is uploaded, but the database writes
+nothing (same digest). Real training stores a new model every round. --scale 2 (exact in float32) makes every round's
+model new, so every round pays for storing it, as it would in training.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -137,7 +144,7 @@ class Participants:
 
 
 def spawn_participants(platform: Platform, task: Task, members: dict[str, str],
-                       send_lock: Path | None) -> Participants:
+                       send_lock: Path | None, scale: float = 1.0) -> Participants:
     """One bench/noop_participant.py process per member ({name: token}): no TensorFlow, signed
     updates, the global weights sent back unchanged (the real participant minus the training)."""
     found = Participants({}, {}, {})
@@ -146,7 +153,7 @@ def spawn_participants(platform: Platform, task: Task, members: dict[str, str],
         found.stats[name] = platform.work / f"participant-{name}.json"
         command = [sys.executable, str(NOOP), task.name, "--api", platform.api_url, "--bootstrap",
                    platform.bootstrap, "--keys-dir", str(platform.work / "keys"),
-                   "--stats", str(found.stats[name])]
+                   "--stats", str(found.stats[name]), "--scale", repr(scale)]
         if send_lock is not None:
             command += ["--send-lock", str(send_lock)]
         with open(found.logs[name], "ab") as out:
@@ -268,11 +275,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def bench_combination(platform: Platform, model_file: Path, params: int, n: int,
-                      rounds: int, serialise: bool) -> Row:
+                      rounds: int, serialise: bool, scale: float = 1.0) -> Row:
     """Run one task of `rounds` rounds with n no-op participant processes; its measurements."""
     creator, task, members = create_task(platform, params, n, rounds)
     lock = platform.work / f"send-{task.name}.lock" if serialise else None
-    participants = spawn_participants(platform, task, members, lock)
+    participants = spawn_participants(platform, task, members, lock, scale)
     try:
         timeout_s = 300.0 + rounds * 600.0
         _wall, _log, rss_file = run_aggregator(platform, task, creator.token or "", model_file,
@@ -332,7 +339,7 @@ def json_rows(rows: list[Row]) -> list[dict[str, Any]]:
     return objects
 
 
-def print_table(rows: list[Row], serialised: bool) -> None:
+def print_table(rows: list[Row], serialised: bool, scale: float = 1.0) -> None:
     columns = ["P (params)", "N", "rounds", "s/round mean", "s/round max", "cycle s mean",
                "task s", "payload MiB", "agg RSS before r1 MiB", "agg peak RSS in rounds MiB",
                "rounds add MiB", "agg peak RSS whole run MiB"]
@@ -360,6 +367,12 @@ def print_table(rows: list[Row], serialised: bool) -> None:
           "(VmHWM, reset at that moment) over the rounds, and the process's peak over the whole run.")
     if serialised:
         print("Updates were sent one at a time (--serialise-sends), not concurrently.")
+    if scale == 1.0:
+        print("Participants sent the weights back unchanged (--scale 1): from round 2 on, the round's "
+              "model was already stored, and the database wrote nothing for it; --scale 2 stores one every "
+              "round.")
+    else:
+        print(f"Participants sent the weights times {scale:g} (--scale): every round stored a new model.")
 
 
 # -- platform set-up and main ----------------------------------------------------------
@@ -367,6 +380,17 @@ def print_table(rows: list[Row], serialised: bool) -> None:
 
 def int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def finite_scale(text: str) -> float:
+    """--scale: a finite number other than 0 (0 would zero the model, and the NaN check refuses inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale must be a number, not {text!r}") from None
+    if not math.isfinite(value) or value == 0:
+        raise argparse.ArgumentTypeError(f"--scale must be a finite number other than 0, not {text!r}")
+    return value
 
 
 def parse_args() -> argparse.Namespace:
@@ -380,6 +404,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--serialise-sends", action="store_true",
                         help="diagnostic: participants send their updates one at a time "
                              "(default: all at once, as independent sites would)")
+    parser.add_argument("--scale", type=finite_scale, default=1.0, metavar="S",
+                        help="participants send the weights times S (default 1: unchanged, so "
+                             "rounds after the first store no new model; 2 makes every round's model "
+                             "new, as training does, and stays exact in float32)")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL URL allowed to create a scratch database")
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
@@ -400,7 +428,7 @@ def run_all(platform: Platform, args: argparse.Namespace) -> list[Row]:
                   f"float32), N={n}, {args.rounds} rounds", flush=True)
             began = time.monotonic()
             row = bench_combination(platform, model_file, exact, n, args.rounds,
-                                    args.serialise_sends)
+                                    args.serialise_sends, args.scale)
             model_file.unlink()
             print(f"== done in {time.monotonic() - began:.1f} s: s/round "
                   f"{', '.join(f'{d:.2f}' for d in row.durations)}", flush=True)
@@ -439,7 +467,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"logs kept in {work}", file=sys.stderr, flush=True)
-    print_table(rows, args.serialise_sends)
+    print_table(rows, args.serialise_sends, args.scale)
     if args.json:
         args.json.write_text(json.dumps(json_rows(rows), indent=1) + "\n")
     print(f"(whole bench: {time.monotonic() - began:.0f} s)")
