@@ -57,6 +57,8 @@ _HEAD = (
     " (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS last ON true"
 )
 
+# The arrays go in binary (%b): in text, psycopg escaped every quote of each event's JSON with
+# a regular expression, 0.19 s of a 2.1 s profile of 400 joins.
 _APPEND = "SELECT out_position, out_hash FROM musketeer_append(%s, %s, %b, %b, %b, %b, %b, %b)"
 # The SQLSTATE musketeer_append raises when the stream is not at the expected version.
 _VERSION_CONFLICT = "MU409"
