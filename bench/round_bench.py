@@ -20,8 +20,8 @@ database of the local PostgreSQL, and removes them at the end.
 
 With the default --scale 1 the participants send the weights back unchanged, so from round 2
 on each round's model is the one already stored: it is uploaded, but the database writes
-nothing (same digest). Real training stores a new model every round. --scale 2 (exact in float32) makes every round's
-model new, so every round pays for storing it, as it would in training.
+nothing (same digest). Real training stores a new model every round. --scale 2 (exact in
+float32) makes every round's model new, so every round pays for storing it, as in training.
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ class Participants:
 def spawn_participants(platform: Platform, task: Task, members: dict[str, str],
                        send_lock: Path | None, scale: float = 1.0) -> Participants:
     """One bench/noop_participant.py process per member ({name: token}): no TensorFlow, signed
-    updates, the global weights sent back unchanged (the real participant minus the training)."""
+    updates, the global weights sent back unchanged or times `scale` (the real participant minus
+    the training)."""
     found = Participants({}, {}, {})
     for name, token in members.items():
         found.logs[name] = platform.work / f"participant-{name}.log"
