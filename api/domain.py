@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.store.contract import TASK_STREAM_PREFIX
 from schema.events import (
     Event,
     ParticipantJoined,
@@ -22,11 +21,6 @@ from schema.events import (
     TaskStarted,
 )
 from schema.lifecycle import TaskStatus
-
-
-def task_stream(task_id: str) -> str:
-    """The stream id of a task."""
-    return f"{TASK_STREAM_PREFIX}{task_id}"
 
 
 def user_stream(username: str) -> str:

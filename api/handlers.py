@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from api.domain import TaskState, TaskView, fold, task_stream, user_stream
+from api.domain import TaskState, TaskView, fold, user_stream
 from api.errors import Conflict, Forbidden, NotAuthenticated, NotFound, WriteRace
 from api.security import hash_password
 from api.settings import Settings
-from api.store import NO_STREAM, EventStore, NewEvent, Session
+from api.store import NO_STREAM, EventStore, NewEvent, Session, task_stream
 from schema.commands import CreateTask, RegisterUser
 from schema.events import (
     Event,

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from api.store.contract import TASK_STREAM_PREFIX
 from api.store.sql import read_all_from
 from schema.events import (
     ContributionsAssessed,
@@ -44,7 +45,7 @@ _POSITION = "(SELECT position FROM events WHERE stream_id = %s AND version = %s)
 
 
 def _task_id(record: RecordedEvent) -> str:
-    return record.stream_id.removeprefix("task-")
+    return record.stream_id.removeprefix(TASK_STREAM_PREFIX)
 
 
 def _user_registered(conn: Conn, event: UserRegistered, record: RecordedEvent) -> None:
@@ -185,7 +186,7 @@ def project(conn: Conn, record: RecordedEvent) -> None:
     handler = _HANDLERS.get(type(event))
     if handler is not None:
         handler(conn, event, record)
-    elif record.stream_id.startswith("task-"):
+    elif record.stream_id.startswith(TASK_STREAM_PREFIX):
         _touch(conn, record)
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel, Field
 
-from api.domain import ParticipantView, TaskView, TopicsView, fold, task_stream
+from api.domain import ParticipantView, TaskView, TopicsView, fold
 from api.errors import Forbidden, InvalidInput, NotFound
+from api.store import task_stream
 from api.store.sql import read_stream
 from schema.lifecycle import TaskStatus
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 
-from api.domain import TaskState, task_stream
+from api.domain import TaskState
 from api.errors import Conflict, Forbidden, InvalidInput
 from api.handlers import Context, Result, load_task, require_transition
 from api.keys import KeyCommands, keys_in_force
-from api.store import Session
+from api.store import Session, task_stream
 from schema.commands import (
     CompleteTask,
     FailTask,

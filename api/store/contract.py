@@ -181,8 +181,13 @@ class RebuildReport:
         return not self.differences
 
 
-# A task's events form the stream "task-<task id>" (api.domain.task_stream).
+# A task's events form the stream "task-<task id>".
 TASK_STREAM_PREFIX = "task-"
+
+
+def task_stream(task_id: str) -> str:
+    """The stream id of a task."""
+    return f"{TASK_STREAM_PREFIX}{task_id}"
 
 
 class Session(ABC):
@@ -220,7 +225,7 @@ class Session(ABC):
     def task_events(self, name: str) -> list[RecordedEvent]:
         """The events of the task with this name in version order; [] if there is no such task."""
         task_id = self.task_id(name)
-        return self.read_stream(f"{TASK_STREAM_PREFIX}{task_id}") if task_id else []
+        return self.read_stream(task_stream(task_id)) if task_id else []
 
     @abstractmethod
     def organization(self, username: str) -> str | None:
