@@ -39,3 +39,14 @@ def test_the_side_by_side_table_puts_each_peer_beside_us_with_its_ratio() -> Non
     assert rows[0] == ["| 999,999", "2", "6.00", "2.50", "0.30", "0.25", "0.47", "20.0x", "10.0x |"]
     assert rows[1] == ["| 9,999,990", "8", "n/a", "4.90", "2.50", "2.45", "2.63", "n/a", "2.0x |"]
     assert "FLARE" not in flower_only and flower_only.splitlines()[2].endswith("| 20.0x |")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "inf", "nan"])
+def test_the_round_bench_refuses_a_scale_it_cannot_use(value: str) -> None:
+    """--scale garbage stops the bench before it starts anything, and the message names the option."""
+    result = subprocess.run([sys.executable, str(BENCH / "round_bench.py"), "--scale", value],
+                            capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == 2, result.stderr
+    assert "--scale must be" in result.stderr and repr(value) in result.stderr
+    assert "API http" not in result.stdout  # no platform was started
