@@ -46,6 +46,9 @@ DataDir = Annotated[
 def up_command(
     data_dir: DataDir,
     api_port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = platform.DEFAULT_API_PORT,
+    api_workers: Annotated[int, typer.Option(
+        min=1, help="API worker processes: more serve more requests at once where there are cores "
+                    "for them. Each holds its own MUSKETEER_DB_POOL_SIZE database connections.")] = 1,
     foreground: Annotated[
         bool, typer.Option(help="Stay attached; Ctrl-C stops the whole platform.")
     ] = False,
@@ -57,7 +60,7 @@ def up_command(
         return
     steps = platform.Steps(_out)
     try:
-        profile, api = platform.up(data_dir, api_port, steps, foreground=foreground)
+        profile, api = platform.up(data_dir, api_port, steps, foreground=foreground, api_workers=api_workers)
     except (PlatformError, SettingsError) as exc:
         _fail(str(exc))
     profile_file = platform.paths_for(data_dir).profile

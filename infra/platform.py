@@ -122,8 +122,12 @@ def up(
     steps: Steps | None = None,
     api_app: str = DEFAULT_API_APP,
     foreground: bool = False,
+    api_workers: int = 1,
 ) -> tuple[Profile, subprocess.Popen[bytes]]:
-    """Start the platform in `data_dir`, write its profile; stop what started if a step fails."""
+    """Start the platform in `data_dir`, write its profile; stop what started if a step fails.
+
+    With `api_workers` > 1 the API's pid is uvicorn's supervisor, which starts and stops the workers.
+    """
     paths, steps = paths_for(data_dir), steps or Steps()
     _refuse_partial(paths)
     if port_in_use(HOST, api_port):
@@ -137,7 +141,8 @@ def up(
     try:
         _start_database(paths, profile, steps)
         _start_broker(paths, profile, steps, detach=not foreground)
-        api = _start_api(paths, profile, api_port, api_app, steps, detach=not foreground)
+        api = _start_api(paths, profile, api_port, api_app, steps, detach=not foreground,
+                         workers=api_workers)
     except BaseException:
         # Half a platform is worse than none: stop what this call started.
         _stop_services(paths, profile.pids, Steps(Console(quiet=True)))
@@ -210,21 +215,22 @@ def _ping(bootstrap: str) -> None:
 
 
 def _start_api(
-    paths: Paths, profile: Profile, port: int, app: str, steps: Steps, detach: bool
+    paths: Paths, profile: Profile, port: int, app: str, steps: Steps, detach: bool, workers: int = 1
 ) -> subprocess.Popen[bytes]:
-    with steps.step(f"starting API on {HOST}:{port}"):
-        api = _spawn_api(paths, profile, port, app, detach)
+    shown = f" ({workers} workers)" if workers > 1 else ""
+    with steps.step(f"starting API on {HOST}:{port}{shown}"):
+        api = _spawn_api(paths, profile, port, app, detach, workers)
         profile.pids["api"] = api.pid
         wait_healthy(api, profile.api_url, paths.log("api"))
     return api
 
 
 def _spawn_api(
-    paths: Paths, profile: Profile, port: int, app: str, detach: bool
+    paths: Paths, profile: Profile, port: int, app: str, detach: bool, workers: int = 1
 ) -> subprocess.Popen[bytes]:
     assert profile.database_url and profile.kafka_bootstrap_servers
     env = api_environment(profile.database_url, profile.kafka_bootstrap_servers)
-    return spawn_api(port, env, paths.log("api"), detach=detach, app=app)
+    return spawn_api(port, env, paths.log("api"), detach=detach, app=app, workers=workers)
 
 
 def serve_foreground(data_dir: Path, api: subprocess.Popen[bytes], steps: Steps | None = None) -> int:

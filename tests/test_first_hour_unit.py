@@ -173,6 +173,17 @@ def test_no_help_labels_a_flag_with_a_type() -> None:
         assert "<bool>" not in result.output, command
 
 
+def test_platform_up_refuses_fewer_than_one_api_worker_by_name(tmp_path: Path) -> None:
+    """`--api-workers 0` exits 2 naming the option, before anything is started."""
+    from infra.cli import app
+
+    result = CliRunner().invoke(app, ["platform", "up", "--data-dir", str(tmp_path), "--api-workers", "0"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "--api-workers" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dates_in_the_task_list_are_never_folded() -> None:
     """At 80 columns each task's date stays on one line (it used to fold over three)."""
     from client.cli.output import tasks_table

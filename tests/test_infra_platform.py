@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from rich.console import Console
@@ -159,20 +160,24 @@ def test_start_refuses_when_its_port_is_taken(pgdata: Path) -> None:
 
 
 def test_up_status_down(data_dir: Path, clean_env: None) -> None:
-    """up starts all three and writes the profile; status sees them; down stops them, twice."""
+    """up starts all three (the API as two workers) and writes the profile; status sees them;
+    down stops them, workers included, twice."""
     port = find_free_port()
 
-    profile, _ = platform.up(data_dir, api_port=port, steps=QUIET)
+    profile, _ = platform.up(data_dir, api_port=port, steps=QUIET, api_workers=2)
     try:
         rows = platform.status(data_dir)
         assert platform.running_profile(data_dir) == profile
+        workers = [child.pid for child in psutil.Process(profile.pids["api"]).children()
+                   if any("spawn_main" in part for part in child.cmdline())]
     finally:
         stopped = platform.down(data_dir, QUIET)
 
     assert [row.up for row in rows] == [True, True, True]
+    assert len(workers) == 2
     assert set(profile.pids) == {"api", "broker", "postgres"}
     assert sorted(stopped) == ["api", "broker", "postgres"]
-    assert not any(pid_alive(pid) for pid in profile.pids.values())
+    assert not any(pid_alive(pid) for pid in [*profile.pids.values(), *workers])
     assert platform.down(data_dir, QUIET) == []
     assert (data_dir / "logs" / "api.log").exists()
 
