@@ -88,3 +88,18 @@ def test_a_worker_count_below_one_is_refused(tmp_path: Path) -> None:
     """`workers=0` is a clear start-up error, not a uvicorn that serves nothing."""
     with pytest.raises(PlatformError, match="at least one worker"):
         start_api_process("postgresql://unused", "127.0.0.1:1", tmp_path, workers=0)
+
+
+def test_the_api_is_served_by_httptools_on_uvloop() -> None:
+    """uvicorn's defaults ("auto", as infra.apiproc starts it) resolve to the C parser and
+    libuv loop the project depends on; without them it falls back to h11 on asyncio, and the
+    API spends about 15 % more CPU per join (pyproject.toml, bench/api_bench.py)."""
+    from uvicorn.loops.auto import auto_loop_factory
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    assert AutoHTTPProtocol.__name__ == "HttpToolsProtocol"
+    loop = auto_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
