@@ -7,6 +7,7 @@ exists; a restarted aggregator resumes after the last recorded round.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,7 @@ class Aggregator:
                       + (f"; resuming after round {done}" if resumed else ""))
         verifier = Verifier(self.client.task_member_keys(self.name))
         with PayloadReader(self.broker, [str(task.topics.updates)], verifier=verifier) as updates:
-            gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1)
+            gate = Gate(task.task_id, participants, self.recorder, done if resumed else -1, updates.forget)
             run = TaskRun(task, participants, self.options, self.recorder, broadcaster, gate,
                           Collector(updates, gate, on_reset=lambda: self._resend(run)), self.progress)
             if task.definition.get("algorithm") == KMEANS:
@@ -142,15 +143,23 @@ class Aggregator:
         _, meta, weights = self._restore(run) if done > 0 else self._start(run)
         evaluation = evaluation_data(self.options, meta)
         budget, stopped = Budget.of(run.task.definition), None
-        for round_no in range(done + 1, meta.rounds + 1):
-            if budget is not None and (stopped := budget.stop_before(round_no)):
-                run.say(stopped)
-                break
-            # Keys are read again each round: a member's revocation counts from the next one.
-            verifier.update(self.client.task_member_keys(self.name))
-            epsilon = budget.after(round_no) if budget is not None else None
-            weights, result = run_round(run, round_no, meta, weights, evaluation, epsilon)
-            self.results.append(result)
+        try:
+            for round_no in range(done + 1, meta.rounds + 1):
+                if budget is not None and (stopped := budget.stop_before(round_no)):
+                    run.say(stopped)
+                    break
+                # Keys are read again each round: a member's revocation counts from the next one.
+                verifier.update(self.client.task_member_keys(self.name))
+                epsilon = budget.after(round_no) if budget is not None else None
+                weights = run_round(run, round_no, meta, weights, evaluation, epsilon)
+            # The last round is recorded before the final model goes out.
+            run.backlog.settle()
+        finally:
+            # However the rounds ended, a round still being recorded is in the log before the
+            # failure (if any) is, and in the results.
+            with contextlib.suppress(Exception):
+                run.backlog.settle()
+            self.results.extend(run.backlog.results)
         return _Ended(meta.rounds, model_payload(meta, weights), stopped,
                       keras_file_bytes(exported_model(meta, weights)))
 

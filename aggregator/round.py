@@ -34,13 +34,19 @@ from ml.strategies.fedavg import weighted_metrics
 from schema import dataplane, privacy
 from schema.dataplane import ModelMeta
 from schema.definition import TaskDefinition
+from streams.codec import EncodedBundle
 
 Weights = list[np.ndarray[Any, Any]]
 
 
 def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, evaluation: Evaluation | None,
-              epsilon: float | None = None) -> tuple[Weights, RoundResult]:
-    """Train round `round_no` from `weights`; return the new weights and what was recorded."""
+              epsilon: float | None = None) -> Weights:
+    """Train round `round_no` from `weights`; return the new weights.
+
+    The round is recorded (its model stored, then RoundCompleted) through `run.backlog`: in the
+    background while the next round runs, except in a secure task, whose masked inputs are not
+    kept for a rerun of the round.
+    """
     run.broadcaster.weights(round_no, partial(model_payload, meta, weights))
     started = time.monotonic()
     valuation = None
@@ -53,10 +59,15 @@ def run_round(run: TaskRun, round_no: int, meta: ModelMeta, weights: Weights, ev
     # A server optimiser steps along aggregate − global; without one the aggregate is the model.
     new_weights = next_global(run.optimiser, weights, aggregate)
     del aggregate  # the optimiser's step is the model now; its input need not live through the record
-    outcome = Outcome(who, samples, metrics, started, epsilon)
-    result = record_round(run, round_no, meta, new_weights, evaluation, outcome)
-    record_values(run, round_no, valuation, meta, evaluation)
-    return result
+    # Scored (as exported: what a user downloads) and cut into pieces here, in this thread: the
+    # evaluation model is not shared, and the pieces are views of arrays no later round changes
+    # (each round's weights and optimiser state are new arrays).
+    eval_metrics = evaluation.score(new_weights) if evaluation is not None else {}
+    state = None if run.optimiser is None else run.optimiser.state()
+    record = Record(round_no, meta, checkpoint_pieces(meta, new_weights, state), eval_metrics,
+                    Outcome(who, samples, metrics, started, epsilon), valuation, evaluation)
+    run.backlog.add(partial(record_round, run, record), wait=privacy.secure(run.task.pom))
+    return new_weights
 
 
 def fold_round(run: TaskRun, round_no: int, weights: Weights, evaluation: Evaluation | None
@@ -86,22 +97,34 @@ class Outcome:
     epsilon: float | None
 
 
-def record_round(run: TaskRun, round_no: int, meta: ModelMeta, new_weights: Weights,
-                 evaluation: Evaluation | None, outcome: Outcome) -> tuple[Weights, RoundResult]:
-    """Score the new model (as exported: what a user downloads), store it with the server
-    optimiser's state, record RoundCompleted."""
-    eval_metrics = evaluation.score(new_weights) if evaluation is not None else {}
-    state = None if run.optimiser is None else run.optimiser.state()
-    stored = run.recorder.store_model(checkpoint_pieces(meta, new_weights, state), round_no=round_no)
+@dataclass
+class Record:
+    """Everything a round's record needs: its model's pieces, scores and who took part."""
+
+    round_no: int
+    meta: ModelMeta
+    pieces: EncodedBundle
+    eval_metrics: dict[str, float]
+    outcome: Outcome
+    valuation: Valuation | None
+    evaluation: Evaluation | None
+
+
+def record_round(run: TaskRun, record: Record) -> RoundResult:
+    """Store the round's model (with the server optimiser's state), record RoundCompleted, then
+    the round's contributions if they were valued."""
+    round_no, outcome, eval_metrics = record.round_no, record.outcome, record.eval_metrics
+    stored = run.recorder.store_model(record.pieces, round_no=round_no)
     duration = time.monotonic() - outcome.started
     who, metrics = outcome.participants, outcome.metrics
     run.recorder.round(round_no, participants=who, model_sha256=stored.sha256, samples=outcome.samples,
                        metrics=metrics, eval_metrics=eval_metrics, duration_s=duration, epsilon=outcome.epsilon)
-    log_round(run.progress, round_line(run.task.name, round_no, meta.rounds, metrics, eval_metrics, duration),
-              task=run.task.name, round=round_no, rounds=meta.rounds, participants=who,
+    log_round(run.progress, round_line(run.task.name, round_no, record.meta.rounds, metrics, eval_metrics, duration),
+              task=run.task.name, round=round_no, rounds=record.meta.rounds, participants=who,
               metrics=metrics, eval_metrics=eval_metrics, duration_s=round(duration, 3),
               model_sha256=stored.sha256, epsilon=outcome.epsilon)
-    return new_weights, RoundResult(round_no, who, outcome.samples, metrics, eval_metrics, stored.sha256, duration)
+    record_values(run, round_no, record.valuation, record.meta, record.evaluation)
+    return RoundResult(round_no, who, outcome.samples, metrics, eval_metrics, stored.sha256, duration)
 
 
 def round_timeout(run: TaskRun) -> float:

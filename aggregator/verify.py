@@ -3,12 +3,13 @@
 Every delivery passes the gate before its payload is decoded: refused frames, other tasks,
 strangers, wrong kinds, stale or future rounds and duplicates are recorded with the reason and
 never take a participant's place. Messages an earlier aggregator of this task already dealt
-with (after a restart) and an update re-sent after a broker restart are skipped quietly.
+with (after a restart), updates it left for the round after the one it was recording, and an
+update re-sent after a broker restart are skipped quietly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +35,14 @@ class Gate:
     """Checks each delivery for the step under way; records every refusal."""
 
     def __init__(self, task_id: str, participants: list[str], recorder: Recorder,
-                 resume_point: int = -1) -> None:
+                 resume_point: int = -1, forget: Callable[[str], None] | None = None) -> None:
         self.task_id = task_id
         self.participants = participants
         self.recorder = recorder
         # Rounds up to here were recorded by an earlier aggregator (-1: a fresh start).
         self.resume_point = resume_point
+        # Told the id of a message put aside, so that its next copy is delivered (the reader's).
+        self.forget = forget
         self._counted: dict[str, str] = {}
 
     def new_round(self) -> None:
@@ -59,7 +62,8 @@ class Gate:
                                  envelope.message_id if envelope else None)
             return None
         payload = delivery.payload
-        if self._historical(payload, kind) or self._counted.get(payload.sender) == payload.message_id:
+        if (self._historical(payload, kind) or self._left_over(payload, round_no)
+                or self._counted.get(payload.sender) == payload.message_id):
             return None
         problem = envelope_problem(payload, self.task_id, round_no, kind, self.participants, done)
         if problem:
@@ -70,6 +74,18 @@ class Gate:
         except CodecError as exc:
             self.recorder.reject(round_no, payload.sender, f"undecodable payload: {exc}", payload.message_id)
             return None
+
+    def _left_over(self, payload: Payload, round_no: int) -> bool:
+        # In a restarted aggregator's first round (round N), an update for round N+1 answers the
+        # earlier aggregator, which sent round N+1's weights while it was still recording round
+        # N (see `Backlog`). Skipped quietly: its sender sends it again when round N+1 is
+        # broadcast again, and the reader, told to forget this copy, delivers that one.
+        left_over = (self.resume_point >= 0 and payload.task_id == self.task_id
+                     and payload.sender in self.participants and payload.kind == dataplane.UPDATE
+                     and round_no == self.resume_point + 1 and payload.round == round_no + 1)
+        if left_over and self.forget is not None:
+            self.forget(payload.message_id)
+        return left_over
 
     def _historical(self, payload: Payload, kind: str) -> bool:
         # After a restart the updates topic is read from its start: rounds already recorded

@@ -359,8 +359,9 @@ def print_table(rows: list[Row], serialised: bool, scale: float = 1.0) -> None:
         print("| " + " | ".join(cells) + " |")
     print("\ns/round = the aggregator's own duration_s per round (GET /v1/tasks/{name}/rounds): from "
           "after the round's weights broadcast is acknowledged to the round being recorded (all N "
-          "updates received and folded, round model uploaded). cycle s = time between consecutive "
-          "rounds' recorded_at (adds the broadcast). task s = TaskStarted to TaskCompleted (includes "
+          "updates received and folded, round model uploaded; the upload runs while the next round's "
+          "weights go out, so it overlaps the next round). cycle s = time between consecutive "
+          "rounds' recorded_at (what a round costs end to end). task s = TaskStarted to TaskCompleted (includes "
           "the aggregator's TensorFlow import and model load, which follow the start). "
           "Participants are no-op processes (bench/noop_participant.py: no training, no TensorFlow; they "
           "verify the broadcast, decode it, re-encode and sign the update). Aggregator RSS: "

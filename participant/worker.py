@@ -65,7 +65,8 @@ class WorkerResult:
 
 @dataclass
 class _Sent:
-    """The last update sent, kept until the next round: a broker that lost it gets it again."""
+    """An update sent, kept for two rounds: a broker that lost it gets it again, and so does an
+    aggregator that restarts while it records the round before the one it last broadcast."""
 
     round: int
     payload: bytes
@@ -89,7 +90,8 @@ class TaskWorker:
         # Looked at between steps (a training step in progress runs to its end).
         self.stop = stop or threading.Event()
         self.rounds_trained: list[int] = []
-        self._sent: _Sent | None = None
+        # The last two updates sent, by round.
+        self._sent: dict[int, _Sent] = {}
         self.training: LocalTraining | LocalKMeans | None = None
         self.secure: SecureInputs | None = None
 
@@ -226,8 +228,9 @@ class TaskWorker:
         return None
 
     def _on_weights(self, round_no: int, writer: ResilientWriter, skip_training: bool) -> None:
-        if self._sent is not None and self._sent.round == round_no and not self._already_recorded(round_no):
-            self._send(writer, dataplane.UPDATE, round_no, self._sent.payload, self._sent.message_id)
+        sent = self._sent.get(round_no)
+        if sent is not None and not self._already_recorded(round_no):
+            self._send(writer, dataplane.UPDATE, round_no, sent.payload, sent.message_id)
             self.say(f"round {round_no}: sent the same update again (it was broadcast again)")
         elif round_no not in self.rounds_trained:
             if skip_training or self._already_recorded(round_no):
@@ -242,7 +245,8 @@ class TaskWorker:
             self.secure.start(round_no, "update", self.secure.model_input(trained))
         else:
             payload = trained.payload()
-            self._sent = _Sent(round_no, payload, self._send(writer, dataplane.UPDATE, round_no, payload))
+            self._sent = {r: kept for r, kept in self._sent.items() if r == round_no - 1}
+            self._sent[round_no] = _Sent(round_no, payload, self._send(writer, dataplane.UPDATE, round_no, payload))
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
         tested = f"local test {shown}" if shown else "no local test (the task sets no test_size)"

@@ -244,6 +244,10 @@ class Reassembler:
             self._finish(message_id)
         return stale
 
+    def forget(self, message_id: str) -> None:
+        """Take the next copy of a completed payload again, instead of dropping it as a repeat."""
+        self._finished.pop(message_id, None)
+
     def clear(self) -> None:
         """Drop every incomplete payload and forget finished ones (the topics were recreated)."""
         for message_id in list(self._pending):

@@ -337,6 +337,11 @@ class PayloadReader:
             rejected.append(_rejected(reason, envelope, where))
         return rejected
 
+    def forget(self, message_id: str) -> None:
+        """Deliver the next copy of this payload, which would be dropped as a repeat: its first
+        was put aside unread."""
+        self.reassembler.forget(message_id)
+
     def close(self) -> None:
         """Leave the broker; the reader cannot be used afterwards (closing twice is fine)."""
         if not self._closed:

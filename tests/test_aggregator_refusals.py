@@ -257,3 +257,22 @@ def test_an_update_is_checked_for_finiteness_once(monkeypatch: pytest.MonkeyPatc
     assert isinstance(fold_update(average, accepted), UpdateMeta)
     assert scanned == [w.size for w in GLOBAL]
     assert all(np.all(w == 1) for w in average.result())
+
+
+def test_a_restarted_aggregator_puts_aside_the_updates_left_for_the_round_after_its_first() -> None:
+    """Resumed after round 2 (round 3 not recorded, round 4's weights maybe out): in round 3 a
+    round 4 update is put aside quietly and its id handed to `forget`, so its copy sent again
+    in round 4 is delivered. In any other case it is a future round's update, refused."""
+    recorder, forgotten = Recorded(), []
+    resumed = Gate(TASK, PEOPLE, recorder, resume_point=2, forget=forgotten.append)  # type: ignore[arg-type]
+
+    assert resumed.accept(delivery(update(), round_no=4, message_id="m-4"), 3, dataplane.UPDATE, set()) is None
+    assert recorder.rejections == [] and forgotten == ["m-4"]
+    later = resumed.accept(delivery(update(), round_no=4, message_id="m-4"), 4, dataplane.UPDATE, set())
+    assert later is not None and later.message_id == "m-4"
+
+    assert resumed.accept(delivery(update(), round_no=5), 3, dataplane.UPDATE, set()) is None
+    assert "future round 5" in only_reason(recorder)
+    fresh, fresh_recorder = gate()  # no restart: nothing can be left over
+    assert fresh.accept(delivery(update(), round_no=2), 1, dataplane.UPDATE, set()) is None
+    assert "future round 2" in only_reason(fresh_recorder)

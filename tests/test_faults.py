@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.conftest import ApiProcess, start_api
@@ -79,3 +80,33 @@ def test_a_participant_that_never_returns(min_updates: int, outcome: str, api: A
     assert len(rounds) == ROUNDS and rounds[-1].participants == [run.people["john"].name]
     contact = {p.username: p.last_contact_at for p in task.participants}
     assert contact[run.people["john"].name] > contact[jack]
+
+
+def test_an_aggregator_killed_while_recording_a_round_whose_successor_is_out(
+    baseline: float, api: ApiProcess, database_url: str, broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The window the background record opens (aggregator.run.Backlog): round 2's weights are
+    out and its updates in, but round 1's model is not stored yet (a test transaction holds the
+    artifacts table), so RoundCompleted(1) is not in the log. SIGKILL the aggregator there; the
+    restarted one runs round 1 again and goes on. Nothing is rejected on the way: the round 2
+    updates the first aggregator left are skipped, and sent again when round 2 is broadcast again."""
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE artifacts IN SHARE MODE")  # plain reads go on; inserts wait
+
+        def fault(run: Run) -> None:
+            deadline = time.monotonic() + 300
+            while not all("round 2: trained" in run.logs[who].read_text(errors="replace")
+                          for who in ("john", "jack")):
+                assert time.monotonic() < deadline, "round 2 was never trained:\n" + dump(run.logs)
+                time.sleep(0.2)
+            time.sleep(1)  # the updates reach the aggregator, which folds them and waits for round 1
+            assert run.rounds_done() == 0, "round 1 was recorded although its model could not be stored"
+            run.kill("aggregator")
+            blocker.rollback()
+            run.start("aggregator")
+
+        run = run_task(api, broker.bootstrap, topic_prefix, tmp_path, fault, fault_after=0)
+    assert_recovered(run, baseline)
+    events = run.people["alice"].client.task_events(run.name)
+    assert [e.data for e in events if e.type == "UpdateRejected"] == []
+    assert all("round 2: sent the same update again" in run.logs[who].read_text() for who in ("john", "jack"))

@@ -186,6 +186,18 @@ def test_exact_duplicates_are_ignored() -> None:
     assert reassembler.pending_bytes == 0
 
 
+def test_a_forgotten_payload_is_delivered_once_more_when_it_comes_again() -> None:
+    """After forget(id), the next complete copy comes out again (once), the same bytes."""
+    data = payload_bytes(3000)
+    frames = frames_of(data)
+    reassembler = Reassembler()
+    assert [p.data for p in feed(reassembler, frames)] == [data]
+
+    reassembler.forget(frames[0][0].message_id)
+
+    assert [p.data for p in feed(reassembler, frames + frames)] == [data]
+
+
 def test_missing_chunk_expires_and_is_reported() -> None:
     """A payload missing a chunk gives nothing; after timeout_s without progress expire() names it."""
     clock = FakeClock()
