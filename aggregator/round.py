@@ -1,7 +1,9 @@
 """One round, in the order it happens: broadcast → collect → verify → fold → record.
 
 The steps live in their own files (broadcast.py, collect.py, verify.py, fold.py, record.py);
-this one strings them together and decides what happens at the deadline.
+this one strings them together and decides what happens at the deadline. The record (the
+round's model stored, then RoundCompleted) goes on in the background while the next round is
+broadcast and collected: see `Backlog` in run.py.
 """
 
 from __future__ import annotations

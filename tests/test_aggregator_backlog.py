@@ -52,3 +52,10 @@ def test_wait_records_before_returning() -> None:
     backlog, seen = Backlog(), []
     backlog.add(lambda: (seen.append(threading.current_thread().name), result(1))[1], wait=True)
     assert seen == [threading.current_thread().name] and [r.round for r in backlog.results] == [1]
+
+
+def test_the_aggregator_caps_glibcs_malloc_arenas() -> None:
+    """`aggregate` calls fewer_malloc_arenas() first; on this glibc machine mallopt takes it."""
+    from aggregator.cli import fewer_malloc_arenas
+
+    assert fewer_malloc_arenas(1) is True
