@@ -109,7 +109,7 @@ def table(flower: Grid | None, flare: Grid | None, ours: list[dict[str, Any]]) -
         head += ["Flower s/round (median)"]
     if flare is not None:
         head += ["FLARE s/round (median r2-3)"]
-    head += ["Musketeer s/round (median)", "Musketeer median r2 on", "Musketeer mean"]
+    head += ["Musketeer s/round (median)", "Musketeer median r2 on", "Musketeer mean", "Musketeer cycle (mean)"]
     if flower is not None:
         head += ["Flower / Musketeer"]
     if flare is not None:
@@ -123,7 +123,7 @@ def table(flower: Grid | None, flare: Grid | None, ours: list[dict[str, Any]]) -
                   if grid is not None}
         cells = [f"{row['params']:,}", str(row["participants"])]
         cells += [_shown(value) for value in theirs.values()]
-        cells += [f"{mine:.2f}", f"{later:.2f}", f"{row['s_per_round']:.2f}"]
+        cells += [f"{mine:.2f}", f"{later:.2f}", f"{row['s_per_round']:.2f}", _shown(row.get("cycle_s"))]
         if "flower" in theirs:
             cells.append(_ratio(theirs["flower"], mine))
         if "flare" in theirs:
@@ -168,7 +168,9 @@ def main() -> int:
     print("\n" + text)
     print("\nFlower: median over every round (round 1 included); FLARE: median of rounds 2-3, against "
           "Musketeer's median from round 2 on. A ratio > 1 means Musketeer's round is that many times "
-          "shorter.")
+          "shorter. Musketeer's s/round (its recorded duration_s) runs to the round's model being "
+          "stored, which overlaps the next round; its cycle, the time between consecutive rounds' "
+          "records, is what a round costs end to end.")
     if args.json:
         flat = {name: [{"params": p, "participants": n, "s_per_round": s} for (p, n), s in sorted(grid.items())]
                 for name, grid in (("flower", flower), ("flare", flare)) if grid is not None}
