@@ -87,6 +87,8 @@ class Backlog:
             except BaseException as error:  # raised again, in the caller's thread, by settle()
                 self._outcome = error
 
+        # A daemon thread, not a ThreadPoolExecutor: an executor's threads are joined at exit, so
+        # a second Ctrl-C during an upload to an API that is down would wait out its retries.
         self._thread = threading.Thread(target=run, name="record-round", daemon=True)
         self._thread.start()
 

@@ -62,8 +62,13 @@ class Gate:
                                  envelope.message_id if envelope else None)
             return None
         payload = delivery.payload
-        if (self._historical(payload, kind) or self._left_over(payload, round_no)
-                or self._counted.get(payload.sender) == payload.message_id):
+        if self._left_over(payload, round_no):
+            # Its sender sends it again when its round is broadcast again; the reader, told to
+            # forget this copy, delivers that one instead of dropping it as a repeat.
+            if self.forget is not None:
+                self.forget(payload.message_id)
+            return None
+        if self._historical(payload, kind) or self._counted.get(payload.sender) == payload.message_id:
             return None
         problem = envelope_problem(payload, self.task_id, round_no, kind, self.participants, done)
         if problem:
@@ -78,14 +83,10 @@ class Gate:
     def _left_over(self, payload: Payload, round_no: int) -> bool:
         # In a restarted aggregator's first round (round N), an update for round N+1 answers the
         # earlier aggregator, which sent round N+1's weights while it was still recording round
-        # N (see `Backlog`). Skipped quietly: its sender sends it again when round N+1 is
-        # broadcast again, and the reader, told to forget this copy, delivers that one.
-        left_over = (self.resume_point >= 0 and payload.task_id == self.task_id
-                     and payload.sender in self.participants and payload.kind == dataplane.UPDATE
-                     and round_no == self.resume_point + 1 and payload.round == round_no + 1)
-        if left_over and self.forget is not None:
-            self.forget(payload.message_id)
-        return left_over
+        # N (see `Backlog`): set aside quietly, not refused.
+        return (self.resume_point >= 0 and payload.task_id == self.task_id
+                and payload.sender in self.participants and payload.kind == dataplane.UPDATE
+                and round_no == self.resume_point + 1 and payload.round == round_no + 1)
 
     def _historical(self, payload: Payload, kind: str) -> bool:
         # After a restart the updates topic is read from its start: rounds already recorded

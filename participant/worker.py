@@ -68,7 +68,6 @@ class _Sent:
     """An update sent, kept for two rounds: a broker that lost it gets it again, and so does an
     aggregator that restarts while it records the round before the one it last broadcast."""
 
-    round: int
     payload: bytes
     message_id: str
 
@@ -246,7 +245,7 @@ class TaskWorker:
         else:
             payload = trained.payload()
             self._sent = {r: kept for r, kept in self._sent.items() if r == round_no - 1}
-            self._sent[round_no] = _Sent(round_no, payload, self._send(writer, dataplane.UPDATE, round_no, payload))
+            self._sent[round_no] = _Sent(payload, self._send(writer, dataplane.UPDATE, round_no, payload))
         self.rounds_trained.append(round_no)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
         tested = f"local test {shown}" if shown else "no local test (the task sets no test_size)"
