@@ -22,16 +22,12 @@ from api.settings import Settings
 from api.store.postgres import NOTIFY_CHANNEL
 from api.store.sql import read_all_from
 from streams.errors import StreamsError
-from streams.eventlog import EventLogWriter
+from streams.eventlog import EventLogWriter, TopicLost
 from streams.topics import TopicAdmin
 
 log = logging.getLogger("musketeer.relay")
 LEADER_LOCK_KEY = 0x72656C61  # "rela": any constant shared by every relay works
 _RELAY_NAME = "events"
-
-
-class TopicLost(StreamsError):
-    """The events topic no longer holds what was published to it; leadership starts over."""
 
 
 class OutboxRelay:
@@ -85,17 +81,18 @@ class OutboxRelay:
         return False
 
     def _publish_while_leader(self, conn: psycopg.Connection[Any], writer: EventLogWriter) -> None:
-        position = _last_position(conn)
-        if position and writer.lost():
-            log.warning("topic %s is empty although events up to position %d were published (a "
-                        "broker restarted without its data?); publishing the log again from the "
-                        "start", self.settings.events_topic, position)
-            position = 0
+        position, topic_id = _published(conn)
         next_sweep = 0.0
         while not self._stop.is_set():
-            if position and writer.lost():
-                raise TopicLost(f"topic {self.settings.events_topic} lost its events")
-            position = self._publish_batch(conn, writer, position)
+            try:
+                position, topic_id = self._publish_batch(conn, writer, position, topic_id)
+            except TopicLost as exc:
+                # Position 0 is stored first, so a relay that dies before the log is out again
+                # starts over too. Leadership then starts over with a new producer: the one
+                # here may hold idempotence state that a restarted broker no longer knows.
+                _store_published(conn, 0, None)
+                writer.start_over()
+                raise TopicLost(f"{exc}; emptied it, to publish the log again from the start") from exc
             if time.monotonic() >= next_sweep:
                 self._sweep(conn)
                 next_sweep = time.monotonic() + sweep_interval_s(self.settings.topic_retention_s)
@@ -109,24 +106,34 @@ class OutboxRelay:
         except StreamsError as exc:
             log.warning("retention sweep failed: %s", exc)
 
-    def _publish_batch(self, conn: psycopg.Connection[Any], writer: EventLogWriter, after: int) -> int:
+    def _publish_batch(self, conn: psycopg.Connection[Any], writer: EventLogWriter, after: int,
+                       published_to: str | None) -> tuple[int, str | None]:
+        """Publish the next batch after position `after`; the position and topic id now stored."""
+        topic_id = writer.check(after, published_to)
         records = read_all_from(conn, after, self.batch)
         if not records:
             # Wake on the NOTIFY that every append sends, or poll after a second.
             for _ in conn.notifies(timeout=self.idle_wait_s, stop_after=1):
                 pass
-            return after
+            return after, published_to
         writer.publish(records)
         last = records[-1].position
-        conn.execute(
-            "INSERT INTO relay_state (name, position) VALUES (%s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-            (_RELAY_NAME, last),
-        )
+        _store_published(conn, last, topic_id)
         self.published += len(records)
-        return last
+        return last, topic_id
 
 
-def _last_position(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT position FROM relay_state WHERE name = %s", (_RELAY_NAME,)).fetchone()
-    return int(row[0]) if row else 0
+def _published(conn: psycopg.Connection[Any]) -> tuple[int, str | None]:
+    """The last position the broker acknowledged, and the id of the topic it went to."""
+    row = conn.execute("SELECT position, topic_id FROM relay_state WHERE name = %s",
+                       (_RELAY_NAME,)).fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
+
+
+def _store_published(conn: psycopg.Connection[Any], position: int, topic_id: str | None) -> None:
+    conn.execute(
+        "INSERT INTO relay_state (name, position, topic_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, topic_id = EXCLUDED.topic_id",
+        (_RELAY_NAME, position, topic_id),
+    )
+

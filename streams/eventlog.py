@@ -29,45 +29,102 @@ def event_message(record: RecordedEvent) -> bytes:
     return json.dumps(record.model_dump(mode="json"), separators=(",", ":")).encode()
 
 
+class TopicLost(StreamsError):
+    """The events topic no longer holds what was published to it (a broker restarted empty)."""
+
+
 class EventLogWriter:
-    """Publishes recorded events, in the order given, and notices a topic that lost them."""
+    """Publishes recorded events, in the order given, and notices a topic that lost them.
+
+    A broker that restarted without its data creates the topic again under the same name.
+    Two things give that away: the topic's id, which is new, and the offsets the broker
+    gives back, which start again from 0 (Kafka's offsets only grow, even when retention
+    deletes old messages).
+    """
 
     def __init__(self, broker: Broker | str, topic: str) -> None:
         self.broker = as_broker(broker)
         self.topic = topic
+        self._admin = TopicAdmin(self.broker)
         # One partition: consumers must see the log in one global order, not per key.
-        TopicAdmin(self.broker).create([topic], partitions=1)
+        self._admin.create([topic], partitions=1)
         # Idempotence keeps broker order equal to log order through retries. Never
         # auto-create the topic: a broker's default would give it several partitions.
         self._producer = Producer(producer_config(self.broker, **{"allow.auto.create.topics": False}))
         self._probe = Consumer(consumer_config(self.broker))
+        # A batch landing below this offset landed on a recreated topic. Some brokers (tansu)
+        # report the last batch's first offset + 1 as the end: that understates the end, so
+        # it can only make this check miss, never raise on a topic that is whole.
+        self._next_offset = self._end_offset() or 0
+
+    def check(self, published: int, published_to: str | None) -> str:
+        """The topic's id, once it is clear that the `published` events went to this topic.
+
+        `published_to` is the id of the topic they went to (None if unknown: positions
+        stored by an older relay). TopicLost if the topic is gone or has another id; with
+        no id to compare, if it is empty although something was published.
+        """
+        current = self._admin.ids([self.topic]).get(self.topic)
+        if current is None:
+            raise TopicLost(f"topic {self.topic} is gone")
+        if published and published_to is not None and current != published_to:
+            raise TopicLost(f"topic {self.topic} was created again (its id changed from "
+                            f"{published_to} to {current}; a broker restarted without its data?)")
+        if published and published_to is None and not self._end_offset():
+            raise TopicLost(f"topic {self.topic} is empty although {published} events were "
+                            "published to it (a broker restarted without its data?)")
+        return current
 
     def publish(self, records: Sequence[RecordedEvent], timeout_s: float = 30.0) -> None:
-        """Send the records and wait until the broker acknowledged every one (StreamsError if not)."""
+        """Send the records and wait until the broker acknowledged every one (StreamsError if not).
+
+        TopicLost if they landed on a recreated topic: the offsets the broker gives back
+        catch a batch already on its way when the broker restarted, which `check` before
+        the batch cannot.
+        """
         errors: list[str] = []
+        offsets: list[int] = []
+
+        def delivered(err: Any, message: Any) -> None:
+            if err:
+                errors.append(str(err))
+            else:
+                offsets.append(message.offset())
+
         for record in records:
             self._producer.produce(
                 self.topic, key=record.stream_id.encode(), value=event_message(record),
                 headers={"event_id": str(record.metadata.get("event_id", "")),
                          "position": str(record.position), "type": record.type},
-                on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+                on_delivery=delivered,
             )
         remaining = self._producer.flush(timeout_s)
         if remaining or errors:
             raise StreamsError(f"broker did not acknowledge {remaining} events: {errors[:3]}")
+        if not offsets:
+            return
+        expected, self._next_offset = self._next_offset, max(offsets) + 1
+        if min(offsets) < expected:
+            raise TopicLost(f"topic {self.topic} took events at offset {min(offsets)}, but offsets up "
+                            f"to {expected - 1} had been written to it: it was created again (a "
+                            "broker restarted without its data?)")
 
-    def lost(self) -> bool:
-        """Whether the topic is gone or empty (asked when something was published before).
+    def start_over(self) -> None:
+        """Empty the topic (delete it, create it again), so the log published next starts it.
 
-        Kafka's offsets only grow, even when retention deletes old messages: an empty
-        topic after publishing was recreated, by a broker that restarted without its
-        data. Asked before every batch (and about once a second when idle), so only a
-        batch already on its way at the restart can reach the new topic unnoticed.
+        A recreated topic may already hold a batch from the middle of the log, and a reader
+        from its start would take that batch for the log's beginning.
         """
+        self._admin.delete([self.topic])
+        self._admin.create([self.topic], partitions=1)
+        self._next_offset = 0
+
+    def _end_offset(self) -> int | None:
+        """The topic's end offset (None if the topic is gone)."""
         metadata = self._probe.list_topics(self.topic, timeout=10).topics.get(self.topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
-            return True
-        return all(self._probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] == 0
+            return None
+        return sum(self._probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
                    for p in metadata.partitions)
 
     def close(self) -> None:

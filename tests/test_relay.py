@@ -25,6 +25,8 @@ from infra.procs import find_free_port
 from infra.tansu import start_broker
 from schema.events import ParticipantJoined
 from streams.config import consumer_config
+from streams.eventlog import EventLogWriter, TopicLost
+from streams.topics import TopicAdmin
 from tests.conftest import drop_database, fresh_database, start_api, unique
 
 pytestmark = pytest.mark.integration
@@ -196,3 +198,76 @@ def test_a_broker_that_restarts_empty_gets_the_whole_log_again(own_database: str
     finally:
         api.stop()
         broker.stop()
+
+
+def recreate(bootstrap: str, topic: str) -> None:
+    """What a broker that restarted without its data does to a topic: the same name, empty."""
+    admin = TopicAdmin(bootstrap)
+    admin.delete([topic])
+    admin.create([topic], partitions=1)
+
+
+def test_the_writer_tells_a_recreated_topic_by_its_id_and_by_its_offsets(own_database: str,
+                                                                         broker: Any) -> None:
+    """Before a batch, the topic's id; after it, the offsets the broker gave back, which catch
+    a batch already on its way when the topic was created again."""
+    topic = f"{unique('writer').replace('-', '')}.events"
+    with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
+        store = PostgresEventStore(pool, projector=project)
+        append_events(store, 15)
+        records = store.read_all()
+    writer = EventLogWriter(broker.bootstrap, topic)
+    try:
+        first = writer.check(0, None)
+        writer.publish(records[:10])
+        assert writer.check(10, first) == first
+        assert writer.check(10, None) == first  # a position stored without an id: not empty, so whole
+        recreate(broker.bootstrap, topic)
+        with pytest.raises(TopicLost, match=f"its id changed from {first} to "):
+            writer.check(10, first)
+        with pytest.raises(TopicLost, match="is empty although 10 events were published"):
+            writer.check(10, None)
+        with pytest.raises(TopicLost, match="offset 0, but offsets up to 9 had been written"):
+            writer.publish(records[10:])
+        writer.start_over()
+    finally:
+        writer.close()
+    fresh = EventLogWriter(broker.bootstrap, topic)
+    try:
+        fresh.publish(records)
+    finally:
+        fresh.close()
+    messages = read_topic(broker.bootstrap, topic, 15)
+    assert assert_complete_and_ordered(messages, 15) == 0, "the emptied topic kept the stray batch"
+
+
+def test_a_relay_that_finds_a_stray_batch_on_a_recreated_topic_publishes_the_log_again(
+        own_database: str, broker: Any, tmp_path: Path) -> None:
+    """A relay killed after its batch landed on a recreated topic, before it stored the batch's
+    position: the topic is not empty, so it passed for whole. The next relay must see that it
+    is another topic (its id), empty it and publish the whole log, so that a reader from the
+    start sees every event once, in order."""
+    prefix = unique("stray").replace("-", "")
+    topic = f"{prefix}.events"
+    api = start_api(own_database, broker.bootstrap, tmp_path, prefix)
+    try:
+        with ConnectionPool(own_database, kwargs={"autocommit": True}) as pool:
+            store = PostgresEventStore(pool, projector=project)
+            append_events(store, 40)
+            assert_complete_and_ordered(read_topic(broker.bootstrap, topic, 40), 40)
+            api.stop()
+            append_events(store, 5)
+            recreate(broker.bootstrap, topic)
+            stray = EventLogWriter(broker.bootstrap, topic)
+            try:
+                stray.publish(store.read_all(after=40))
+            finally:
+                stray.close()
+            api.restart()
+            append_events(store, 5)
+            messages = read_topic(broker.bootstrap, topic, 50, timeout_s=90)
+        assert [m[0] for m in messages[:5]] == [1, 2, 3, 4, 5], "the stray batch still leads the topic"
+        assert assert_complete_and_ordered(messages, 50) == 0
+        assert "emptied it, to publish the log again from the start" in api.log_path.read_text()
+    finally:
+        api.stop()
