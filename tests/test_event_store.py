@@ -306,6 +306,37 @@ class TestPostgresEventStore(EventStoreContract):
         assert row is not None and row[0] == records[0].position
         assert store.verify().ok
 
+    def test_a_command_begins_its_transaction_at_its_first_write(self, store: Any,
+                                                                 db: psycopg.Connection[Any]) -> None:
+        """Reads before the first write run on their own (no BEGIN round trip for them); from the
+        first write on, every write of the command commits together or not at all, an artifact
+        (written without the append lock) and an idempotency key included."""
+        idle, open_ = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
+        task, key = unique("artifact"), unique("key")
+
+        def stored() -> tuple[int, int]:
+            artifacts = db.execute("SELECT count(*) FROM artifacts WHERE task_id = %s", (task,)).fetchone()
+            keys = db.execute("SELECT count(*) FROM idempotency_keys WHERE key = %s", (key,)).fetchone()
+            assert artifacts is not None and keys is not None
+            return int(artifacts[0]), int(keys[0])
+
+        with pytest.raises(RuntimeError), store.session() as session:
+            assert session.task_events(task) == []
+            assert session.conn.info.transaction_status == idle
+            session.store_artifact(task, "ab" * 32, b"model bytes")
+            assert session.conn.info.transaction_status == open_
+            session.remember_response("alice", key, "digest", 201, {})
+            raise RuntimeError("the command failed after its writes")
+        assert stored() == (0, 0)
+
+        with store.session() as session:
+            session.store_artifact(task, "ab" * 32, b"model bytes")
+            session.remember_response("alice", key, "digest", 201, {})
+        assert stored() == (1, 1)
+        with store.session() as session:
+            assert session.idempotent_response("alice", key, "digest") == (201, {})
+            assert session.conn.info.transaction_status == idle
+
     def test_a_stale_version_is_refused_in_the_database_with_its_details(self, store: Any) -> None:
         """The version check done in SQL reaches the caller as VersionConflict, with the stream,
         its version and the one expected, and stores nothing."""

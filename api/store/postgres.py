@@ -2,7 +2,10 @@
 
 Every write happens inside a `PostgresSession`: one transaction that takes an
 EXCLUSIVE lock on `events` before its first write and holds it to the commit (a
-model artifact, a blob outside the chain, is written without it: `store_artifact`). Why a
+model artifact, a blob outside the chain, is written without it: `store_artifact`).
+The transaction begins at that first write too: the reads before it are single
+statements, each with its own snapshot, as they would be inside a READ COMMITTED
+transaction, and a BEGIN sent on its own cost a round trip for nothing. Why a
 table lock: the log is a single hash chain and readers tail it by position, so
 positions must be handed out in commit order, and each event's hash chains on the
 previous position's. A lock held from the first write to the commit is simpler and
@@ -70,12 +73,15 @@ class PostgresSession(Session):
     """One command's transaction; it takes the append lock at its first write."""
 
     def __init__(self, conn: psycopg.Connection[dict[str, Any]], projector: Projector | None,
-                 pipeline: ExitStack | None = None):
+                 scope: ExitStack | None = None):
         self.conn = conn
         self._projector = projector
-        self._pipeline = pipeline
+        # Where the transaction and the pipeline are entered, to be left after the command
+        # (None: a session that only reads, outside any transaction).
+        self._scope = scope
         self.appended: list[RecordedEvent] = []
         self.locked = False
+        self._begun = False
         # Appends sent to musketeer_append whose positions and hashes arrive with the COMMIT.
         self._pending: list[tuple[psycopg.Cursor[Any], list[RecordedEvent]]] = []
 
@@ -89,12 +95,34 @@ class PostgresSession(Session):
         that appended nothing) are the last a command makes: nothing after them waits.
         """
         if not self.locked:
-            # From the lock on, statements queue in a pipeline: a read still waits for its
-            # answer, but the writes are sent with the COMMIT (see `PostgresEventStore.session`).
-            if self._pipeline is not None:
-                self._pipeline.enter_context(self.conn.pipeline())
+            self._start_writing()
             self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             self.locked = True
+
+    def _start_writing(self) -> None:
+        # From the lock on, statements queue in a pipeline: a read still waits for its
+        # answer, but the writes are sent with the COMMIT (see `PostgresEventStore.session`),
+        # and so are the BEGIN and the LOCK.
+        if self._scope is not None:
+            self._scope.enter_context(self.conn.pipeline())
+        self._begin()
+
+    def _begin(self) -> None:
+        """Begin the command's transaction (once), at its first write; it commits as the scope
+        is left without an error (`_committed` rolls back otherwise).
+
+        A plain BEGIN and not psycopg's `transaction()`: that one waits for the BEGIN's answer
+        even in a pipeline, a round trip per command.
+        """
+        if not self._begun and self._scope is not None:
+            self.conn.execute("BEGIN")
+            self._scope.push(self._commit)
+            self._begun = True
+
+    def _commit(self, error_type: type[BaseException] | None, *_: object) -> bool:
+        if error_type is None:
+            self.conn.execute("COMMIT")
+        return False
 
     def stream_version(self, stream_id: str) -> int:
         row = self.conn.execute(
@@ -107,14 +135,17 @@ class PostgresSession(Session):
 
     def append(self, stream_id: str, expected_version: int,
                events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        if expected_version == ANY or self._pipeline is None:
+        if expected_version == ANY or self._scope is None:
             return self._append_reading_head(stream_id, expected_version, events)
         # Round trips under the lock are what every other writer waits for, so none is
         # awaited here: musketeer_append (schema/migrations/0008_append_function.sql) takes
         # the lock, reads the head, chains and inserts in the server, and its answer comes
         # back with the COMMIT. Until then the records carry position 0 and no hash (the
         # projections find the position in SQL; `settle` fills both in after the commit).
-        self.lock()
+        if not self.locked:
+            # musketeer_append's first statement takes the lock: no LOCK of our own before it.
+            self._start_writing()
+            self.locked = True
         recorded = [unsealed(new, stream_id, expected_version + offset)
                     for offset, new in enumerate(events, start=1)]
         parts = [canonical_parts(r.stream_id, r.type, r.data, r.metadata, r.recorded_at)
@@ -189,6 +220,7 @@ class PostgresSession(Session):
         # The last write of a command (see `Commands._attempt`). After an append it runs under
         # the lock; in a command that appended nothing it needs none, and since nothing follows
         # it, this transaction never waits for the lock while holding the row.
+        self._begin()
         self.conn.execute(
             "INSERT INTO idempotency_keys (actor, key, request_hash, status_code, response)"
             " VALUES (%s, %s, %s, %s, %s)",
@@ -236,6 +268,7 @@ class PostgresSession(Session):
         # lock stalled every command of every task for the second it took (several at 200 MB).
         # The one wait it can meet is on another upload of the same blob, and that transaction
         # never waits for the lock (store_model appends nothing), so no wait closes a cycle.
+        self._begin()
         self.conn.execute(
             "INSERT INTO artifacts (sha256, task_id, size, content) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (task_id, sha256) DO NOTHING",
@@ -245,23 +278,26 @@ class PostgresSession(Session):
 
 def _committed(conn: psycopg.Connection[dict[str, Any]], projector: Projector | None,
                exclusive: bool) -> Generator[PostgresSession, None, PostgresSession]:
-    """Yield a session in a transaction; commit it, the queued writes with the COMMIT.
+    """Yield a session; commit its transaction (begun at its first write), the queued writes
+    with the COMMIT.
 
-    Why the order: the pipeline the session opens at its lock is left after the
-    transaction, so its writes and the COMMIT reach the server in one round trip, and
-    the lock is released there without waiting for this thread to run Python again.
+    Why the order: the session enters the pipeline at its lock, before the transaction, so
+    the transaction is left first and its COMMIT queues behind the writes; leaving the
+    pipeline then sends BEGIN, LOCK, the writes and the COMMIT in one round trip, and the
+    lock is released there without waiting for this thread to run Python again.
     """
     try:
-        with ExitStack() as pipeline:
-            session = PostgresSession(conn, projector, pipeline)
-            with conn.transaction():
-                if exclusive:
-                    session.lock()
-                yield session
+        with ExitStack() as scope:
+            session = PostgresSession(conn, projector, scope)
+            if exclusive:
+                session.lock()
+            yield session
         session.settle()
     except BaseException as exc:
-        # A write that failed in the pipeline leaves the transaction aborted, not closed.
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        # A command that failed after its first write, or a write that failed in the pipeline,
+        # leaves the transaction open or aborted: roll it back.
+        if conn.info.transaction_status in (psycopg.pq.TransactionStatus.INTRANS,
+                                            psycopg.pq.TransactionStatus.INERROR):
             conn.rollback()
         cause = _version_conflict(write_error(exc))
         if cause is not exc:
