@@ -34,6 +34,8 @@ from schema.lifecycle import TaskStatus, can_transition
 from streams.topics import task_topics
 
 log = logging.getLogger("musketeer.api")
+# At most this many users' organizations are kept in memory (beyond, they are read each time).
+_ORGANIZATIONS_KEPT = 100_000
 
 
 class TopicPort(Protocol):
@@ -90,6 +92,9 @@ class Commands:
         self.store = store
         self.settings = settings
         self.topics = topics
+        # username -> organization. UserRegistered sets it once and no event changes or
+        # removes it, so a value read once holds for good; keeping it saves a join a round trip.
+        self._organizations: dict[str, str] = {}
 
     def _run(
         self, ctx: Context, command: str, payload: Any, decide: Callable[[Session], Result],
@@ -154,7 +159,7 @@ class Commands:
         def decide(session: Session) -> Result:
             if session.task_id(command.name):
                 raise Conflict(f"a task named '{command.name}' already exists")
-            _organization(session, ctx.actor)  # the creator must still be a registered user
+            self._organization(session, ctx.actor)  # the creator must still be a registered user
             event = TaskCreated(
                 task_id=task_id, name=command.name, creator=ctx.actor,
                 definition=command.definition.to_json(), topology=command.topology,
@@ -198,7 +203,7 @@ class Commands:
             cap = state.max_participants
             if cap is not None and len(state.members) >= cap:
                 raise Conflict(f"task '{name}' is full ({cap} participants)")
-            organization = _organization(session, ctx.actor)
+            organization = self._organization(session, ctx.actor)
             event = ParticipantJoined(username=ctx.actor, organization=organization)
             return self._append_and_view(session, state, ctx, event)
 
@@ -251,6 +256,16 @@ class Commands:
         records = session.append(task_stream(state.task_id), state.version, [self._event(ctx, event)])
         return self._view(state, records)
 
+    def _organization(self, session: Session, username: str) -> str:
+        organization = self._organizations.get(username)
+        if organization is None:
+            organization = session.organization(username)
+            if organization is None:
+                raise NotAuthenticated(f"user '{username}' does not exist")
+            if len(self._organizations) < _ORGANIZATIONS_KEPT:
+                self._organizations[username] = organization
+        return organization
+
     def _view(self, state: TaskState, appended: list[RecordedEvent]) -> Result:
         # The append checked that `state` is the whole stream before it, so folding the new
         # events onto it gives the task without reading the stream again under the lock.
@@ -259,11 +274,6 @@ class Commands:
         return Result(200, TaskView.of(new_state).model_dump(mode="json"))
 
 
-def _organization(session: Session, username: str) -> str:
-    organization = session.organization(username)
-    if organization is None:
-        raise NotAuthenticated(f"user '{username}' does not exist")
-    return organization
 
 
 def _best_effort(action: Callable[[], None]) -> None:
