@@ -87,12 +87,14 @@ class OutboxRelay:
             try:
                 position, topic_id = self._publish_batch(conn, writer, position, topic_id)
             except TopicLost as exc:
+                # The whole log goes out again, after whatever the new topic already holds
+                # (consumers drop repeats by event id). The topic is not emptied first: deleting
+                # a topic that readers are assigned to can crash their librdkafka (seen here).
                 # Position 0 is stored first, so a relay that dies before the log is out again
-                # starts over too. Leadership then starts over with a new producer: the one
-                # here may hold idempotence state that a restarted broker no longer knows.
+                # starts over too; leadership starts over with a new producer, since this one
+                # may hold idempotence state that a restarted broker no longer knows.
                 _store_published(conn, 0, None)
-                writer.start_over()
-                raise TopicLost(f"{exc}; emptied it, to publish the log again from the start") from exc
+                raise TopicLost(f"{exc}; publishing the log again from the start") from exc
             if time.monotonic() >= next_sweep:
                 self._sweep(conn)
                 next_sweep = time.monotonic() + sweep_interval_s(self.settings.topic_retention_s)

@@ -109,16 +109,6 @@ class EventLogWriter:
                             f"to {expected - 1} had been written to it: it was created again (a "
                             "broker restarted without its data?)")
 
-    def start_over(self) -> None:
-        """Empty the topic (delete it, create it again), so the log published next starts it.
-
-        A recreated topic may already hold a batch from the middle of the log, and a reader
-        from its start would take that batch for the log's beginning.
-        """
-        self._admin.delete([self.topic])
-        self._admin.create([self.topic], partitions=1)
-        self._next_offset = 0
-
     def _end_offset(self) -> int | None:
         """The topic's end offset (None if the topic is gone)."""
         metadata = self._probe.list_topics(self.topic, timeout=10).topics.get(self.topic)

@@ -93,7 +93,9 @@ class Story:
         page.fill("#model", "digits-mlp")
         page.fill("#quorum", "2")
         page.fill("#rounds", str(ROUNDS))
-        page.fill("#epochs", "2")
+        # Enough local work that a round takes about a second: the page refreshes every 2 s, and
+        # with 2 epochs all five rounds could end between two refreshes (seen in CI).
+        page.fill("#epochs", "25")
         page.fill("#learning_rate", "0.01")
         page.fill("#training_size", "500")
         page.fill("#test_size", "80")
