@@ -274,8 +274,6 @@ class Commands:
         return Result(200, TaskView.of(new_state).model_dump(mode="json"))
 
 
-
-
 def _best_effort(action: Callable[[], None]) -> None:
     # Topic clean-up is housekeeping: the command already succeeded or failed
     # on its own terms, and a leftover topic is trimmed by retention later.

@@ -138,4 +138,3 @@ def _store_published(conn: psycopg.Connection[Any], position: int, topic_id: str
         " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, topic_id = EXCLUDED.topic_id",
         (_RELAY_NAME, position, topic_id),
     )
-
