@@ -110,14 +110,15 @@ class OutboxRelay:
 
     def _publish_batch(self, conn: psycopg.Connection[Any], writer: EventLogWriter, after: int,
                        published_to: str | None) -> tuple[int, str | None]:
-        """Publish the next batch after position `after`; the position and topic id now stored."""
+        """Publish the next batch after position `after`; the last position published and the id
+        of the topic it is on (checked before the batch, so known even when nothing was new)."""
         topic_id = writer.check(after, published_to)
         records = read_all_from(conn, after, self.batch)
         if not records:
             # Wake on the NOTIFY that every append sends, or poll after a second.
             for _ in conn.notifies(timeout=self.idle_wait_s, stop_after=1):
                 pass
-            return after, published_to
+            return after, topic_id
         writer.publish(records)
         last = records[-1].position
         _store_published(conn, last, topic_id)
