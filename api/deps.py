@@ -12,13 +12,14 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import NotAuthenticated
 from api.handlers import Context, Result
 from api.metrics import Metrics
 from api.projections import project
 from api.relay import OutboxRelay
-from api.security import Accounts
+from api.security import Accounts, TokenCache
 from api.settings import Settings
 from api.store.postgres import PostgresEventStore
 from api.topics import BrokerTopics
@@ -43,7 +44,8 @@ class Services:
         self.store = PostgresEventStore(self.pool, projector=project, on_commit=self.metrics.appended)
         self.topics = BrokerTopics(settings.broker)
         self.commands = TrainingCommands(self.store, settings, self.topics)
-        self.accounts = Accounts(self.store.connection, settings.token_ttl_s)
+        self.tokens = TokenCache(settings.database_url)
+        self.accounts = Accounts(self.store.connection, settings.token_ttl_s, self.tokens)
         self.relay: OutboxRelay | None = None
 
     @contextmanager
@@ -59,6 +61,7 @@ class Services:
             applied = migrate.apply(conn)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        self.tokens.start()  # after the migrations: its trigger must exist
         if self.settings.relay_enabled:
             self.relay = OutboxRelay(self.settings)
             self.relay.start()
@@ -67,6 +70,7 @@ class Services:
         """Stop the relay and close the pool."""
         if self.relay is not None:
             self.relay.stop()
+        self.tokens.stop()
         self.pool.close()
 
 
@@ -81,13 +85,18 @@ def _services_of(request: Request) -> Services:
     return services
 
 
-def _bearer_user(
+async def _bearer_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
 ) -> str:
     if credentials is None:
         raise NotAuthenticated("missing bearer token; get one from POST /v1/auth/token")
-    username = _services_of(request).accounts.owner(credentials.credentials)
+    # async, like _services: a token this process has checked is answered from memory on the
+    # event loop (api.security.TokenCache); only another one goes to the database, on the
+    # thread pool. A plain `def` would cost every request a hop to the pool and back.
+    accounts = _services_of(request).accounts
+    token = credentials.credentials
+    username = accounts.cached_owner(token) or await run_in_threadpool(accounts.owner, token)
     if username is None:
         raise NotAuthenticated("the token is unknown or has expired; log in again")
     return username
